@@ -1,0 +1,71 @@
+"""Edit quality of one LocFT setting on the embedded (or any local) model.
+
+Applies N edits from a dataset file in one call, then scores every edit on the final model:
+reliability / generalization as teacher-forced token accuracy (EasyEdit's score) and as
+generation exact match (the paper's), locality as EasyEdit's neighbourhood score.
+
+    python benchmarks/edit_quality.py --hparams hparams/smollm2-135m.yaml \
+        --data ../shared/data/zsre_2k.json --n 100 --out benchmarks/results/quality.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_dataset, load_model
+from locft_easyedit.evaluate import evaluate_requests, locality_snapshot
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hparams", default="hparams/smollm2-135m.yaml")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/zsre_2k.json"))
+    ap.add_argument("--dataset", default=None, help="zsre | counterfact | wikibigedit (guessed)")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override hparams fields (YAML values), e.g. lr=1e-3 layers=[18]")
+    ap.add_argument("--no-generation", action="store_true", help="skip generation exact match")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="append the result as one JSON line")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    hp = LocFTHyperParams.from_hparams(args.hparams)
+    import yaml
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    hp = LocFTHyperParams.from_dict({**hp.to_dict(), **overrides}, source="--set")
+    model, tok = load_model(hp.model_name, device="cuda" if torch.cuda.is_available() else None,
+                            dtype=hp.dtype)
+    requests = load_dataset(args.data, args.dataset, n=args.n, offset=args.offset)
+    before = locality_snapshot(model, tok, requests)
+    pre = evaluate_requests(model, tok, requests, before, generation=False)
+    t0 = time.perf_counter()
+    model, _ = apply_locft_to_model(model, tok, requests, hp)
+    seconds = time.perf_counter() - t0
+    post = evaluate_requests(model, tok, requests, before, generation=not args.no_generation,
+                             progress=True)
+    result = {"n": len(requests), "data": Path(args.data).name, "hparams": args.hparams,
+              "overrides": overrides, "pre": pre, "post": post, "seconds": seconds,
+              "seconds_per_edit": seconds / len(requests),
+              "machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
+                         f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+              "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Scores for standalone use (no EasyEdit needed).
+
+* token accuracy: teacher-forced, the share of target tokens (no EOS) the model predicts
+  as its argmax given the prompt and the previous target tokens; EasyEdit's ``token_em``.
+* generation exact match: the paper's score. Greedy generation (at most 32 new tokens,
+  stopping at ".", a newline or EOS), then SQuAD-style normalisation (lower-case, drop
+  punctuation and the articles a/an/the, squeeze spaces) of both sides.
+* locality: EasyEdit's neighbourhood score, argmax agreement on the locality prompt +
+  answer tokens before vs after the edit.
+"""
+from __future__ import annotations
+
+import re
+import string
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .encoding import Encoded, encode_one, pad_batch
+from .forward import input_device, pad_id_of
+
+GEN_STOPS = (".", "\n")
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+@contextmanager
+def _left_padding(tok):
+    side, pad = tok.padding_side, tok.pad_token
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    try:
+        yield
+    finally:
+        tok.padding_side, tok.pad_token = side, pad
+
+
+def _batches(n: int, size: int, desc: str, progress: bool):
+    starts = range(0, n, size)
+    return tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2,
+                leave=False)
+
+
+@torch.no_grad()
+def target_predictions(model, tok, prompts: Sequence[str], targets: Sequence[str],
+                       batch_size: int = 32, progress: bool = False) -> List[torch.Tensor]:
+    """For each pair, ``(argmax predictions, target ids)`` stacked as a ``[2, T]`` tensor."""
+    examples = [encode_one(tok, p, t, append_eos=False) for p, t in zip(prompts, targets)]
+    out: List[torch.Tensor] = []
+    was = model.training
+    model.eval()
+    try:
+        for s in _batches(len(examples), batch_size, "scoring", progress):
+            batch: List[Encoded] = examples[s:s + batch_size]
+            ids, mask, _ = pad_batch(batch, pad_id_of(tok), input_device(model))
+            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()
+            for row, e in enumerate(batch):
+                tgt = torch.tensor(e.ids[e.prompt_len:])
+                out.append(torch.stack([pred[row, e.prompt_len - 1:e.length - 1], tgt]))
+    finally:
+        model.train(was)
+    return out
+
+
+def token_accuracy(model, tok, prompts, targets, **kw) -> List[float]:
+    """Per-pair teacher-forced token accuracy on the target."""
+    return [float((p[0] == p[1]).float().mean()) for p in
+            target_predictions(model, tok, prompts, targets, **kw)]
+
+
+@torch.no_grad()
+def generate_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 32,
+                     batch_size: int = 32, progress: bool = False) -> List[str]:
+    """Greedy continuations, cut at the first '.', newline or EOS."""
+    answers: List[str] = []
+    was = model.training
+    model.eval()
+    try:
+        with _left_padding(tok):
+            for s in _batches(len(prompts), batch_size, "generating", progress):
+                enc = tok(list(prompts[s:s + batch_size]), return_tensors="pt", padding=True)
+                enc = {k: v.to(input_device(model)) for k, v in enc.items()}
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=pad_id_of(tok), eos_token_id=tok.eos_token_id)
+                for row in gen[:, enc["input_ids"].shape[1]:]:
+                    text = tok.decode(row, skip_special_tokens=True)
+                    for stop in GEN_STOPS:
+                        text = text.split(stop)[0]
+                    answers.append(text.strip())
+    finally:
+        model.train(was)
+    return answers
+
+
+def exact_match(model, tok, prompts, targets, **kw) -> List[float]:
+    answers = generate_answers(model, tok, prompts, **kw)
+    return [float(normalize_answer(a) == normalize_answer(t)) for a, t in zip(answers, targets)]
+
+
+def _locality_pairs(requests: Sequence[dict]):
+    """``(request index, prompt, answer)`` for every locality prompt of every request."""
+    pairs = []
+    for i, req in enumerate(requests):
+        for item in (req.get("locality") or {}).values():
+            ps, gs = item.get("prompt"), item.get("ground_truth")
+            ps = ps if isinstance(ps, list) else [ps]
+            gs = gs if isinstance(gs, list) else [gs]
+            for p, g in zip(ps, gs):
+                if isinstance(g, list):
+                    g = g[0] if g else ""
+                if p and g:
+                    pairs.append((i, p, g))
+    return pairs
+
+
+def locality_snapshot(model, tok, requests: Sequence[dict], **kw) -> List[torch.Tensor]:
+    """Argmax predictions on every locality prompt + answer (take it before editing)."""
+    pairs = _locality_pairs(requests)
+    preds = target_predictions(model, tok, [p for _, p, _ in pairs], [g for _, _, g in pairs],
+                               **kw)
+    return [p[0] for p in preds]
+
+
+def locality_scores(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> List[float]:
+    return [float((a == b).float().mean()) for a, b in zip(before, after)]
+
+
+def evaluate_requests(model, tok, requests: Sequence[dict],
+                      locality_before: Optional[Sequence[torch.Tensor]] = None,
+                      generation: bool = True, batch_size: int = 32,
+                      progress: bool = False) -> Dict[str, float]:
+    """Mean scores over ``requests``: ``reliability`` / ``generalization`` (token accuracy),
+    ``reliability_em`` / ``generalization_em`` (generation exact match, if ``generation``),
+    ``locality`` (when ``locality_before`` is given)."""
+    kw = {"batch_size": batch_size, "progress": progress}
+    prompts = [r["prompt"] for r in requests]
+    targets = [r["target_new"] for r in requests]
+    reph = [(r["rephrase_prompt"], r["target_new"]) for r in requests if r.get("rephrase_prompt")]
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    out = {"n": len(requests),
+           "reliability": mean(token_accuracy(model, tok, prompts, targets, **kw))}
+    if reph:
+        out["generalization"] = mean(token_accuracy(model, tok, *zip(*reph), **kw))
+    if generation:
+        out["reliability_em"] = mean(exact_match(model, tok, prompts, targets, **kw))
+        if reph:
+            out["generalization_em"] = mean(exact_match(model, tok, *zip(*reph), **kw))
+    if locality_before is not None:
+        out["locality"] = mean(locality_scores(locality_before,
+                                               locality_snapshot(model, tok, requests, **kw)))
+    return out

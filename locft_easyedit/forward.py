@@ -1,0 +1,245 @@
+"""Losses of a mini-batch of edits, computed with gradients flowing only to the trained tensors.
+
+Both implementations compute the same number: cross-entropy on the target tokens only, mean
+over each example's target tokens, then mean over the mini-batch. The trained tensors are fp32
+master copies substituted into the model with ``torch.func.functional_call``, so the model's own
+weights are never touched while training (a failed run leaves it as it was).
+
+* :class:`ReferenceLoss` is the straightforward loop: tokenize the mini-batch every step,
+  run the whole model, project every position onto the vocabulary.
+* :class:`FastLoss` removes the waste without changing the result: tokens are encoded once;
+  micro-batches of similar length cut padding (gradients are accumulated, so the mini-batch
+  is the same); the hidden states entering the first trained layer are computed once (the
+  frozen-prefix cache) and each forward starts there; and only target positions go through
+  the vocabulary projection.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .encoding import Encoded, encode_requests, length_groups, pad_batch
+
+logger = logging.getLogger(__name__)
+
+Subs = Callable[[], Dict[str, torch.Tensor]]
+
+
+def input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def pad_id_of(tok) -> int:
+    for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+        if cand is not None:
+            return int(cand)
+    return 0
+
+
+def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
+                   n_rows: int) -> torch.Tensor:
+    """Mean cross-entropy per example from flat target logits ``[K, V]`` and their rows."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    sums = torch.zeros(n_rows, dtype=ce.dtype, device=ce.device).index_add(0, rows, ce)
+    counts = torch.zeros(n_rows, dtype=ce.dtype, device=ce.device).index_add(
+        0, rows, torch.ones_like(ce))
+    return sums / counts
+
+
+class ReferenceLoss:
+    """The straightforward loop (kept to check the fast one against)."""
+
+    def __init__(self, model, tok, requests: Sequence[dict], hp, subs: Subs):
+        self.model, self.tok, self.requests, self.hp, self.subs = model, tok, requests, hp, subs
+        self.pad = pad_id_of(tok)
+
+    def __call__(self, indices: Sequence[int], denom: int) -> float:
+        batch = encode_requests(self.tok, [self.requests[i] for i in indices],
+                                self.hp.append_eos, self.hp.max_length)
+        ids, mask, labels = pad_batch(batch, self.pad, input_device(self.model))
+        out = functional_call(self.model, self.subs(), args=(),
+                              kwargs={"input_ids": ids, "attention_mask": mask})
+        logits, labels = out.logits[:, :-1], labels[:, 1:]
+        ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+        per_ex = ce.sum(1) / (labels != -100).sum(1)
+        loss = per_ex.sum() / denom
+        loss.backward()
+        return float(loss.detach())
+
+
+class _Skip(nn.Module):
+    """Stands in for a frozen decoder layer: passes its input on, or (the last one) emits the
+    cached hidden states of the current micro-batch."""
+
+    def __init__(self, as_tuple: bool, emit: bool):
+        super().__init__()
+        self.as_tuple, self.emit = as_tuple, emit
+        self.current: Optional[torch.Tensor] = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.current if self.emit else hidden_states
+        return (out,) if self.as_tuple else out
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_layer_stack(model, names: Sequence[str]):
+    """``(prefix, ModuleList)`` of the decoder layer stack holding the named parameters."""
+    best = None
+    for mname, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if best is None or len(module) > len(best[1]):
+                best = (mname, module)
+    if best is None:
+        return None, None
+    prefix = best[0] + "."
+    if not all(n.startswith(prefix) for n in names):
+        return best[0], None
+    return best
+
+
+class FastLoss:
+    """Same loss as :class:`ReferenceLoss`, without the wasted work."""
+
+    def __init__(self, model, examples: List[Encoded], trained: Sequence[str], hp, subs: Subs,
+                 pad_id: int, overhead_tokens: int = 64):
+        self.model, self.examples, self.hp, self.subs = model, examples, hp, subs
+        self.pad = pad_id
+        self.overhead = overhead_tokens
+        self.device = input_device(model)
+        prefix = model.base_model_prefix
+        self.base = getattr(model, prefix, None)
+        self.head = model.get_output_embeddings()
+        cfg = model.config
+        plain_head = not any(getattr(cfg, a, None) for a in ("final_logit_softcapping",
+                                                            "logit_scale", "output_mult"))
+        self.base_prefix = prefix + "."
+        self.head_only = (self.base is not None and self.head is not None and plain_head
+                          and all(n.startswith(self.base_prefix) for n in trained))
+        if not self.head_only:
+            logger.info("target-only logits unavailable for this model; using full logits")
+        self.skips: List[_Skip] = []
+        self.stack, self.first = None, 0
+        self.cache = None
+        if self.head_only:
+            self._maybe_build_cache(trained)
+
+    # --- frozen-prefix cache ----------------------------------------------------------------
+    def _maybe_build_cache(self, trained: Sequence[str]) -> None:
+        stack_name, stack = find_layer_stack(self.model, trained)
+        if stack is None:
+            return
+        first = min(int(n[len(stack_name) + 1:].split(".")[0]) for n in trained)
+        if first == 0:
+            return
+        hidden = self.model.config.hidden_size
+        elem = next(stack[first].parameters()).element_size()
+        tokens = sum(e.length for e in self.examples)
+        gb = tokens * hidden * elem / 2**30
+        if gb > self.hp.prefix_cache_max_gb:
+            logger.info("frozen-prefix cache would take %.2f GB > prefix_cache_max_gb=%.2f: "
+                        "recomputing the prefix every step", gb, self.hp.prefix_cache_max_gb)
+            return
+        store = next(stack[first].parameters()).device
+        flat = torch.empty((tokens, hidden), dtype=next(stack[first].parameters()).dtype,
+                           device=store)
+        self.offsets = [0]
+        for e in self.examples:
+            self.offsets.append(self.offsets[-1] + e.length)
+        captured: dict = {}
+
+        def grab(module, args, kwargs):
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        def kind(module, args, output):
+            captured["tuple"] = isinstance(output, tuple)
+
+        h1 = stack[first].register_forward_pre_hook(grab, with_kwargs=True)
+        h2 = stack[first - 1].register_forward_hook(kind)
+        try:
+            with torch.no_grad():
+                order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
+                for start in range(0, len(order), 64):
+                    idx = order[start:start + 64]
+                    batch = [self.examples[i] for i in idx]
+                    ids, mask, _ = pad_batch(batch, self.pad, self.device)
+                    try:
+                        self.base(input_ids=ids, attention_mask=mask)
+                    except _Stop:
+                        pass
+                    h = captured["h"]
+                    for row, i in enumerate(idx):
+                        e = self.examples[i]
+                        flat[self.offsets[i]:self.offsets[i] + e.length] = h[row, :e.length]
+        finally:
+            h1.remove()
+            h2.remove()
+        self.cache, self.stack, self.first, self.stack_name = flat, stack, first, stack_name
+        as_tuple = captured.get("tuple", False)
+        self.skips = [_Skip(as_tuple, emit=(i == first - 1)) for i in range(first)]
+        logger.info("frozen-prefix cache: layers 0..%d computed once (%.1f MB)", first - 1,
+                    gb * 1024)
+
+    def __enter__(self):
+        """Swap the frozen layers below the first trained one for the cache."""
+        if self.cache is not None:
+            self._saved = [self.stack[i] for i in range(self.first)]
+            for i, skip in enumerate(self.skips):
+                self.stack[i] = skip
+        return self
+
+    def __exit__(self, *exc):
+        if self.cache is not None:
+            for i, layer in enumerate(self._saved):
+                self.stack[i] = layer
+        return False
+
+    def _cached_inputs(self, batch_idx: Sequence[int], width: int) -> torch.Tensor:
+        hidden = self.cache.shape[1]
+        out = torch.zeros((len(batch_idx), width, hidden), dtype=self.cache.dtype,
+                          device=self.cache.device)
+        for row, i in enumerate(batch_idx):
+            n = self.examples[i].length
+            out[row, :n] = self.cache[self.offsets[i]:self.offsets[i] + n]
+        return out
+
+    # --- the loss ------------------------------------------------------------------------------
+    def __call__(self, indices: Sequence[int], denom: int) -> float:
+        lengths = [self.examples[i].length for i in indices]
+        total = 0.0
+        for group in length_groups(lengths, self.overhead):
+            idx = [indices[g] for g in group]
+            batch = [self.examples[i] for i in idx]
+            ids, mask, labels = pad_batch(batch, self.pad, self.device)
+            subs = self.subs()
+            if self.head_only:
+                if self.cache is not None:
+                    self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
+                base_subs = {k[len(self.base_prefix):]: v for k, v in subs.items()}
+                out = functional_call(self.base, base_subs, args=(),
+                                      kwargs={"input_ids": ids, "attention_mask": mask})
+                if self.cache is not None:
+                    self.skips[-1].current = None
+                rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+                h = out.last_hidden_state[rows, cols]
+                logits = self.head(h.to(self.head.weight.device))
+                per_ex = per_example_ce(logits, labels[rows, cols + 1].to(logits.device),
+                                        rows.to(logits.device), len(idx))
+            else:
+                out = functional_call(self.model, subs, args=(),
+                                      kwargs={"input_ids": ids, "attention_mask": mask})
+                lg, lb = out.logits[:, :-1], labels[:, 1:]
+                ce = F.cross_entropy(lg.float().transpose(1, 2), lb, reduction="none")
+                per_ex = ce.sum(1) / (lb != -100).sum(1)
+            loss = per_ex.sum() / denom
+            loss.backward()
+            total += float(loss.detach())
+        return total

@@ -1,0 +1,219 @@
+"""``LocFTHyperParams``: the settings of one LocFT editing run, read from YAML.
+
+Shaped like an EasyEdit method's hyperparameters (``from_hparams(path)``, ``alg_name``,
+``to_dict()``); it subclasses ``easyeditor.util.hparams.HyperParams`` when EasyEdit is
+importable and a plain object otherwise, so it works with or without EasyEdit.
+
+Every field is checked when the object is built: an unknown key, a wrong type, a value out
+of its range or a wrong ``alg_name`` raises ``ValueError`` naming the key (and the file,
+when read from one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Union
+
+import yaml
+
+try:  # subclass EasyEdit's base when it is there, so isinstance checks in EasyEdit pass
+    from easyeditor.util.hparams import HyperParams as _Base  # type: ignore
+except Exception:  # noqa: BLE001 - EasyEdit missing or broken: stand alone
+    class _Base:  # type: ignore[no-redef]
+        pass
+
+ALG_NAME = "LocFT"
+PIPELINES = ("breadth_first", "depth_first")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _doc(text: str, **kwargs):
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class LocFTHyperParams(_Base):
+    """Hyperparameters of LocFT (localized fine-tuning, breadth-first by default)."""
+
+    alg_name: str = _doc("Must be 'LocFT'.", default=ALG_NAME)
+    model_name: str = _doc(
+        "A local model folder, or 'embedded:smollm2-135m' for the embedded default model "
+        "(resolved to its cached folder by from_hparams).", default="embedded:smollm2-135m")
+    device: Optional[Union[int, str]] = _doc(
+        "CUDA index (int), 'cpu', 'cuda:N', or null for auto (first GPU, else CPU).", default=None)
+    layers: List[int] = _doc("Decoder layer indices to train (0-based).",
+                             default_factory=lambda: [22])
+    rewrite_module_tmp: Union[str, List[str]] = _doc(
+        "Template(s) formatted with each layer index. A template names a parameter "
+        "('model.layers.{}.mlp.down_proj.weight') or a module, whose parameters all train "
+        "('model.layers.{}.mlp' = whole MLP, 'model.layers.{}' = whole decoder layer).",
+        default="model.layers.{}.mlp.down_proj.weight")
+    lr: float = _doc("Adam learning rate.", default=5e-4)
+    weight_decay: float = _doc("Adam weight decay (the paper uses 0).", default=0.0)
+    num_epochs: int = _doc(
+        "Breadth-first: passes over all edits. Depth-first: steps on each edit.", default=25)
+    mini_batch_size: int = _doc("Edits per optimizer step (the optimizer's batch).", default=100)
+    batch_size: int = _doc(
+        "EasyEdit's meaning: requests one editing call receives. batch_edit with "
+        "batch_size >= N is one breadth-first run over all N edits.", default=100000)
+    loss_threshold: float = _doc(
+        "A mini-batch whose loss is below it takes no step; an epoch whose mean loss is "
+        "below it ends training.", default=1e-2)
+    append_eos: bool = _doc("Append the tokenizer's EOS token to every target.", default=True)
+    pipeline: str = _doc("'breadth_first' (LocFT-BF) or 'depth_first' (the old practice, "
+                         "kept for the paper's ablation).", default="breadth_first")
+    seed: int = _doc("Seed of the shuffling order; same seed and device give identical deltas.",
+                     default=42)
+    max_length: int = _doc("Most tokens of prompt + target; longer prompts lose their start.",
+                           default=128)
+    model_parallel: bool = _doc("Model spread over devices with device_map='auto'.",
+                                default=False)
+    dtype: Optional[str] = _doc(
+        "dtype to load the model in ('float32', 'bfloat16', 'float16'); null keeps the "
+        "model's own. Trained tensors always keep an fp32 master copy.", default=None)
+    implementation: str = _doc(
+        "'fast' (frozen-prefix cache, target-only logits, length-grouped micro-batches) or "
+        "'reference' (the straightforward loop, for comparison). Same results.",
+        default="fast")
+    prefix_cache_max_gb: float = _doc(
+        "Largest frozen-prefix cache kept (on the compute device); above it the prefix is "
+        "recomputed every step.", default=4.0)
+
+    # EasyEdit reads these from any method's hparams; harmless for standalone use.
+    fp16: bool = _doc("EasyEdit: load the model in float16.", default=False)
+    bf16: bool = _doc("EasyEdit: load the model in bfloat16.", default=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- EasyEdit's interface -------------------------------------------------------------
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: Union[str, Path]) -> "LocFTHyperParams":
+        """Read a YAML (or JSON) file; ``.yaml`` may be left off. ``embedded:`` model names
+        are resolved to the cached folder of the embedded model."""
+        path = Path(str(hparams_name_or_path))
+        if path.suffix not in (".yaml", ".yml", ".json"):
+            path = Path(str(path) + ".yaml")
+        if not path.is_file():
+            raise ValueError(f"hparams file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+        hp = cls.from_dict(config, source=str(path))
+        from .models import resolve_model_name  # lazy: keeps this module light
+
+        hp.model_name = resolve_model_name(hp.model_name)
+        return hp
+
+    @classmethod
+    def from_dict(cls, config: Any, source: str = "<dict>") -> "LocFTHyperParams":
+        if not isinstance(config, dict):
+            raise ValueError(f"{source}: hparams must be a mapping of keys to values, "
+                             f"got {type(config).__name__}")
+        config = dict(config)
+        if "alg" in config and "alg_name" not in config:  # EasyEdit's legacy key
+            config["alg_name"] = config.pop("alg")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        if config.get("alg_name", ALG_NAME) != ALG_NAME:
+            raise ValueError(f"{source}: alg_name is {config['alg_name']!r}; "
+                             f"LocFTHyperParams needs alg_name: {ALG_NAME}")
+        try:
+            return cls(**config)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # --- derived values --------------------------------------------------------------------
+    @property
+    def templates(self) -> List[str]:
+        t = self.rewrite_module_tmp
+        return [t] if isinstance(t, str) else list(t)
+
+    @classmethod
+    def field_docs(cls) -> dict:
+        return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+# --- validation ------------------------------------------------------------------------------
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Union:
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin in (list, List):
+        (inner,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_matches(v, inner) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def validate(hp: LocFTHyperParams) -> None:
+    """Check every field's type and range; raise ValueError naming the key."""
+    hints = typing.get_type_hints(type(hp))
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        if hints[f.name] is float and isinstance(value, str):
+            try:  # YAML reads 5e-4 (no dot) as a string; EasyEdit accepts it, so do we
+                value = float(value)
+                setattr(hp, f.name, value)
+            except ValueError:
+                pass
+        if not _matches(value, hints[f.name]):
+            raise ValueError(f"key {f.name!r}: expected {_type_name(hints[f.name])}, "
+                             f"got {value!r} ({type(value).__name__})")
+        if hints[f.name] is float:
+            setattr(hp, f.name, float(value))
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"key {key!r}: {rule}, got {getattr(hp, key)!r}")
+
+    need(hp.alg_name == ALG_NAME, "alg_name", f"must be {ALG_NAME!r}")
+    need(bool(hp.model_name.strip()), "model_name", "must name a model folder")
+    need(len(hp.layers) > 0 and all(i >= 0 for i in hp.layers), "layers",
+         "must be a non-empty list of layer indices >= 0")
+    need(len(set(hp.layers)) == len(hp.layers), "layers", "must not repeat a layer")
+    need(len(hp.templates) > 0 and all(isinstance(t, str) and t.strip() for t in hp.templates),
+         "rewrite_module_tmp", "must be a non-empty template or list of templates")
+    need(math.isfinite(hp.lr) and hp.lr > 0, "lr", "must be a finite number > 0")
+    need(math.isfinite(hp.weight_decay) and hp.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(hp.num_epochs >= 1, "num_epochs", "must be >= 1")
+    need(hp.mini_batch_size >= 1, "mini_batch_size", "must be >= 1")
+    need(hp.batch_size >= 1, "batch_size", "must be >= 1")
+    need(math.isfinite(hp.loss_threshold) and hp.loss_threshold >= 0, "loss_threshold",
+         "must be a finite number >= 0")
+    need(hp.pipeline in PIPELINES, "pipeline", f"must be one of {PIPELINES}")
+    need(hp.max_length >= 2, "max_length", "must be >= 2")
+    need(hp.dtype is None or hp.dtype in DTYPES, "dtype", f"must be null or one of {DTYPES}")
+    need(hp.implementation in ("fast", "reference"), "implementation",
+         "must be 'fast' or 'reference'")
+    need(hp.prefix_cache_max_gb >= 0, "prefix_cache_max_gb", "must be >= 0")
+    dev = hp.device
+    need(dev is None or (isinstance(dev, int) and dev >= 0) or
+         (isinstance(dev, str) and (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")
+                                    or dev == "mps")),
+         "device", "must be null, a CUDA index >= 0, 'cpu', 'cuda:N' or 'mps'")

@@ -1,0 +1,189 @@
+"""Edit requests: validate and normalise them, and read them from dataset files.
+
+A request is a dict in EasyEdit's layout::
+
+    {"prompt": str, "target_new": str,                      # what training sees
+     "ground_truth": str, "rephrase_prompt": str,            # evaluation only
+     "locality": {name: {"prompt": [...], "ground_truth": [...]}}, "subject": str}
+
+Only ``prompt`` and ``target_new`` are required. Readers for ZsRE (EasyEdit's
+``zsre_mend_eval`` layout), CounterFact (EasyEdit's processed layout and the original
+ROME/MEMIT ``requested_rewrite`` layout) and WikiBigEdit produce the same requests as
+EasyEdit's own loaders.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("zsre", "counterfact", "wikibigedit")
+
+
+class RequestError(ValueError):
+    """A request (or a requests file) is malformed; the message names the index and field."""
+
+
+def normalise_target(target: str) -> str:
+    """The paper's target text: a leading space when missing."""
+    return target if target[:1].isspace() else " " + target
+
+
+def validate_requests(requests: Any, conflicting_targets: str = "error") -> List[dict]:
+    """Check every request before any work; return them as a list of dicts.
+
+    Raises :class:`RequestError` naming the request index and the field. Two requests with the
+    same prompt and different targets are an error (``conflicting_targets='error'``, the
+    default: one of them could never be satisfied) or a logged warning (``'warn'``).
+    """
+    if isinstance(requests, dict):
+        requests = [requests]
+    if not isinstance(requests, (list, tuple)):
+        raise RequestError(f"requests must be a list of dicts, got {type(requests).__name__}")
+    if len(requests) == 0:
+        raise RequestError("no edit requests given: pass at least one {prompt, target_new} dict")
+    seen: dict = {}
+    out = []
+    for i, req in enumerate(requests):
+        if not isinstance(req, dict):
+            raise RequestError(f"request {i}: must be a dict, got {type(req).__name__}")
+        for key in ("prompt", "target_new"):
+            if key not in req:
+                near = [k for k in req if k.lower().replace("-", "_") in
+                        (key, "target", "new_target", "src", "alt", "question", "answer")]
+                hint = f" (found {near}; rename to {key!r})" if near else ""
+                raise RequestError(f"request {i}: missing field {key!r}{hint}")
+            value = req[key]
+            if isinstance(value, dict) and "str" in value:  # ROME layout {"str": ...}
+                value = value["str"]
+            if not isinstance(value, str):
+                raise RequestError(f"request {i}: field {key!r} must be a string, "
+                                   f"got {type(value).__name__}")
+            if not value.strip():
+                raise RequestError(f"request {i}: field {key!r} is empty")
+        for key in ("rephrase_prompt", "ground_truth", "subject"):
+            value = req.get(key)
+            if value is not None and not isinstance(value, (str, list)):
+                raise RequestError(f"request {i}: field {key!r} must be a string, "
+                                   f"got {type(value).__name__}")
+        loc = req.get("locality")
+        if loc is not None and not isinstance(loc, dict):
+            raise RequestError(f"request {i}: field 'locality' must be a dict "
+                               "{name: {'prompt': ..., 'ground_truth': ...}}")
+        prompt, target = req["prompt"], req["target_new"]
+        if prompt in seen and seen[prompt][1] != target:
+            msg = (f"request {i}: prompt {prompt!r} already has target {seen[prompt][1]!r} "
+                   f"(request {seen[prompt][0]}), now {target!r}")
+            if conflicting_targets == "error":
+                raise RequestError(msg + "; drop one of them")
+            logger.warning("%s; both are trained", msg)
+        seen.setdefault(prompt, (i, target))
+        out.append(dict(req))
+    return out
+
+
+# --- dataset files ----------------------------------------------------------------------------
+def _locality(prompt: Optional[str], answer: Any, name: str = "neighborhood") -> dict:
+    if not prompt:
+        return {}
+    if isinstance(answer, list):
+        answer = answer[0] if answer else ""
+    return {name: {"prompt": prompt, "ground_truth": answer}}
+
+
+def from_zsre(record: dict) -> dict:
+    """ZsRE (EasyEdit ``zsre_mend_eval``): src/alt/rephrase/loc/loc_ans."""
+    loc = record.get("loc") or ""
+    if loc.startswith("nq question: "):
+        loc = loc[len("nq question: "):]
+    answers = record.get("answers") or [""]
+    return {"prompt": record["src"], "target_new": record["alt"],
+            "ground_truth": answers[0] if isinstance(answers, list) else answers,
+            "rephrase_prompt": record.get("rephrase"),
+            "subject": record.get("subject"),
+            "locality": _locality(loc, record.get("loc_ans"))}
+
+
+def from_counterfact(record: dict) -> dict:
+    """CounterFact: EasyEdit's processed layout, or ROME/MEMIT's ``requested_rewrite``."""
+    if "requested_rewrite" in record:  # original ROME/MEMIT layout
+        rw = record["requested_rewrite"]
+        prompt = rw["prompt"].format(rw["subject"]) if "{}" in rw["prompt"] else rw["prompt"]
+        para = record.get("paraphrase_prompts") or [None]
+        nb = record.get("neighborhood_prompts") or [None]
+        return {"prompt": prompt, "target_new": rw["target_new"]["str"],
+                "ground_truth": rw["target_true"]["str"], "rephrase_prompt": para[0],
+                "subject": rw["subject"], "case_id": record.get("case_id"),
+                "locality": _locality(nb[0], rw["target_true"]["str"])}
+    return {"prompt": record["prompt"], "target_new": record["target_new"],
+            "ground_truth": record.get("ground_truth"),
+            "rephrase_prompt": record.get("rephrase_prompt"), "subject": record.get("subject"),
+            "case_id": record.get("case_id"),
+            "locality": _locality(record.get("locality_prompt"),
+                                  record.get("locality_ground_truth"))}
+
+
+def from_wikibigedit(record: dict) -> dict:
+    """WikiBigEdit: prompt/target_new/rephrase_prompt/locality_prompt."""
+    return {"prompt": record["prompt"], "target_new": record["target_new"],
+            "ground_truth": record.get("ground_truth"),
+            "rephrase_prompt": record.get("rephrase_prompt"), "subject": record.get("subject"),
+            "locality": _locality(record.get("locality_prompt"),
+                                  record.get("locality_ground_truth"))}
+
+
+READERS = {"zsre": from_zsre, "counterfact": from_counterfact, "wikibigedit": from_wikibigedit}
+
+
+def guess_dataset(record: dict) -> str:
+    if "src" in record and "alt" in record:
+        return "zsre"
+    if "requested_rewrite" in record or "case_id" in record or "ground_truth" in record:
+        return "counterfact"
+    return "wikibigedit"
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(f"requests file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"{path}: malformed JSON: {exc}") from None
+
+
+def load_dataset(path: str | Path, dataset: Optional[str] = None, n: Optional[int] = None,
+                 offset: int = 0) -> List[dict]:
+    """Requests from a ZsRE / CounterFact / WikiBigEdit file (``dataset=None`` guesses)."""
+    records = read_json(path)
+    if not isinstance(records, list) or not records:
+        raise RequestError(f"{path}: expected a non-empty JSON list of records")
+    records = records[offset: None if n is None else offset + n]
+    name = dataset or guess_dataset(records[0])
+    if name not in READERS:
+        raise RequestError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    out = []
+    for i, rec in enumerate(records):
+        try:
+            out.append(READERS[name](rec))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RequestError(f"{path}: record {offset + i} is not in the {name} layout "
+                               f"(missing {exc})") from None
+    return out
+
+
+def load_requests(path: str | Path) -> List[dict]:
+    """A plain requests file: a JSON list of request dicts (validated)."""
+    return validate_requests(read_json(path))
+
+
+def batched(items: List[Any], size: int) -> Iterable[List[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

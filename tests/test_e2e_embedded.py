@@ -1,0 +1,35 @@
+"""End to end on the embedded SmolLM2-135M with the shipped hparams/smollm2-135m.yaml."""
+from pathlib import Path
+
+import pytest
+
+from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_dataset
+from locft_easyedit.evaluate import evaluate_requests, generate_answers, locality_snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_twenty_zsre_edits_land_and_unrelated_answers_survive(embedded, zsre_path):
+    model, tok = embedded
+    hp = LocFTHyperParams.from_hparams(REPO / "hparams" / "smollm2-135m.yaml")
+    requests = load_dataset(zsre_path, "zsre", n=20)
+    # Unrelated prompts: NQ questions of other ZsRE records, never trained on.
+    unrelated = [r["locality"]["neighborhood"]["prompt"] + "?"
+                 for r in load_dataset(zsre_path, "zsre", n=20, offset=1000)]
+    before_loc = locality_snapshot(model, tok, requests)
+    before_answers = generate_answers(model, tok, unrelated)
+    pre = evaluate_requests(model, tok, requests, before_loc, generation=False)
+
+    edited, weights_copy = apply_locft_to_model(model, tok, requests, hp, copy=True,
+                                                return_orig_weights=True, progress=False)
+    post = evaluate_requests(edited, tok, requests, before_loc)
+    after_answers = generate_answers(edited, tok, unrelated)
+    same = sum(a == b for a, b in zip(before_answers, after_answers)) / len(unrelated)
+
+    assert pre["reliability"] < 0.3
+    assert post["reliability"] >= 0.95          # measured 1.00
+    assert post["reliability_em"] >= 0.8        # measured 1.00
+    assert post["generalization"] >= 0.7        # measured 0.93
+    assert same >= 0.6, (same, list(zip(before_answers, after_answers)))
+    assert list(weights_copy) == ["model.layers.20.mlp.down_proj.weight"]

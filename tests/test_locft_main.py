@@ -1,0 +1,191 @@
+"""apply_locft_to_model on a tiny random Llama model with synthetic facts."""
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from locft_easyedit import (LocFTHyperParams, RequestError, TrainingDiverged,
+                            apply_locft_to_model, execute_locft, restore_weights)
+from locft_easyedit.evaluate import token_accuracy
+
+from conftest import state_snapshot
+
+DOWN = "model.layers.2.mlp.down_proj.weight"
+
+
+def reliability(model, tok, facts):
+    acc = token_accuracy(model, tok, [f["prompt"] for f in facts], [f["target_new"] for f in facts])
+    return sum(acc) / len(acc)
+
+
+def changed(before, model):
+    after = model.state_dict()
+    return sorted(k for k in before if not torch.equal(before[k], after[k]))
+
+
+def test_only_chosen_tensor_changes_and_weights_copy_restores(tiny_model, tiny_tok, facts, tiny_hp):
+    before = state_snapshot(tiny_model)
+    model, weights_copy = apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp,
+                                               return_orig_weights=True, progress=False)
+    assert model is tiny_model
+    assert changed(before, model) == [DOWN]
+    assert list(weights_copy) == [DOWN] and torch.equal(weights_copy[DOWN], before[DOWN])
+    restore_weights(model, weights_copy)
+    assert changed(before, model) == []
+
+
+def test_weights_copy_empty_unless_asked(tiny_model, tiny_tok, facts, tiny_hp):
+    hp = dataclasses.replace(tiny_hp, num_epochs=1)
+    _, weights_copy = apply_locft_to_model(tiny_model, tiny_tok, facts, hp, progress=False)
+    assert weights_copy == {}
+    _, weights_copy = apply_locft_to_model(tiny_model, tiny_tok, facts, hp,
+                                           keep_original_weight=True, progress=False)
+    assert list(weights_copy) == [DOWN]
+
+
+def test_copy_true_leaves_input_untouched(tiny_model, tiny_tok, facts, tiny_hp):
+    before = state_snapshot(tiny_model)
+    edited, _ = apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, copy=True, progress=False)
+    assert edited is not tiny_model
+    assert changed(before, tiny_model) == []
+    assert changed(before, edited) == [DOWN]
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("model.layers.{}.mlp.up_proj.weight", ["model.layers.2.mlp.up_proj.weight"]),
+    ("model.layers.{}.mlp", ["model.layers.2.mlp.down_proj.weight", "model.layers.2.mlp.gate_proj.weight",
+                             "model.layers.2.mlp.up_proj.weight"]),
+    ("model.layers.{}.self_attn.o_proj", ["model.layers.2.self_attn.o_proj.weight"]),
+    ("model.layers.{}", None),  # the whole decoder layer: every tensor of layer 2
+])
+def test_module_templates(tiny_model, tiny_tok, facts, tiny_hp, template, expected):
+    hp = dataclasses.replace(tiny_hp, rewrite_module_tmp=template, num_epochs=2)
+    before = state_snapshot(tiny_model)
+    apply_locft_to_model(tiny_model, tiny_tok, facts, hp, progress=False)
+    if expected is None:
+        expected = sorted(k for k in before if k.startswith("model.layers.2."))
+        assert len(expected) == 9
+    assert changed(before, tiny_model) == expected
+
+
+def test_breadth_first_learns_all_facts_depth_first_does_not(tiny_model, tiny_tok, facts, tiny_hp):
+    """The paper's ablation in miniature: same tensor, lr and steps per edit."""
+    assert reliability(tiny_model, tiny_tok, facts) < 0.1
+    bf, _ = apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, copy=True, progress=False)
+    df_hp = dataclasses.replace(tiny_hp, pipeline="depth_first")
+    df, _ = apply_locft_to_model(tiny_model, tiny_tok, facts, df_hp, copy=True, progress=False)
+    rel_bf, rel_df = reliability(bf, tiny_tok, facts), reliability(df, tiny_tok, facts)
+    assert rel_bf == 1.0
+    assert rel_df <= 0.5, rel_df       # measured 0.22: later edits overwrite earlier ones
+    assert rel_bf - rel_df >= 0.5
+
+
+def test_same_seed_same_deltas_other_seed_differs(tiny_model, tiny_tok, facts, tiny_hp):
+    hp = dataclasses.replace(tiny_hp, num_epochs=3)
+    a, _ = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    b, _ = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    c, _ = execute_locft(tiny_model, tiny_tok, facts, dataclasses.replace(hp, seed=7), progress=False)
+    assert torch.equal(a[DOWN], b[DOWN])
+    assert not torch.equal(a[DOWN], c[DOWN])
+
+
+def test_fast_equals_reference(tiny_model, tiny_tok, facts, tiny_hp):
+    """Frozen-prefix cache + target-only logits + length-grouped micro-batches change no result:
+    float32 reassociation only: ||delta_fast - delta_ref|| / ||delta_ref|| <= 1e-4 (measured
+    <= 2.5e-5), epoch losses within 1e-5 relative, the same optimizer steps."""
+    for template in ("model.layers.{}.mlp.down_proj.weight", "model.layers.{}"):
+        hp = dataclasses.replace(tiny_hp, rewrite_module_tmp=template, num_epochs=10)
+        fast, rf = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+        ref, rr = execute_locft(tiny_model, tiny_tok, facts,
+                                dataclasses.replace(hp, implementation="reference"), progress=False)
+        assert rf.steps == rr.steps
+        base = {n: p.detach() for n, p in tiny_model.named_parameters()}
+        for name in fast:
+            delta_f, delta_r = fast[name] - base[name], ref[name] - base[name]
+            assert float((delta_f - delta_r).norm() / delta_r.norm()) <= 1e-4, name
+        assert rf.epoch_losses == pytest.approx(rr.epoch_losses, rel=1e-5)
+
+
+def test_flags_mode_and_tokenizer_are_restored(tiny_model, tiny_tok, facts, tiny_hp):
+    tiny_model.lm_head.weight.requires_grad_(False)
+    tiny_model.train()
+    flags = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
+    tiny_tok.padding_side = "left"
+    pad = tiny_tok.pad_token
+    try:
+        apply_locft_to_model(tiny_model, tiny_tok, facts, dataclasses.replace(tiny_hp, num_epochs=1),
+                             progress=False)
+        assert {n: p.requires_grad for n, p in tiny_model.named_parameters()} == flags
+        assert tiny_model.training
+        assert tiny_tok.padding_side == "left" and tiny_tok.pad_token == pad
+    finally:
+        tiny_tok.padding_side = "right"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": [4]}, "out of range: the model has 4 layers (0..3)"),
+    ({"rewrite_module_tmp": "model.layers.{}.mlp.down_prj.weight"}, "matches no parameter"),
+    ({"rewrite_module_tmp": "model.layers.mlp"}, "matches no parameter"),
+])
+def test_bad_hparams_for_this_model(tiny_model, tiny_tok, facts, tiny_hp, change, message):
+    before = state_snapshot(tiny_model)
+    with pytest.raises(ValueError) as err:
+        apply_locft_to_model(tiny_model, tiny_tok, facts, dataclasses.replace(tiny_hp, **change),
+                             progress=False)
+    assert message in str(err.value)
+    assert changed(before, tiny_model) == []
+
+
+@pytest.mark.parametrize("requests, message", [
+    ([], "no edit requests"),
+    ([{"prompt": "The capital of Aldor is", "target_new": ""}], "request 0: field 'target_new' is empty"),
+    ([{"prompt": "a", "target_new": "b"}, {"prompt": "x"}], "request 1: missing field 'target_new'"),
+    ([{"prompt": 3, "target_new": "b"}], "request 0: field 'prompt' must be a string"),
+    ([{"prompt": "p", "target_new": "b"}, {"prompt": "p", "target_new": "c"}], "request 1: prompt 'p'"),
+])
+def test_bad_requests(tiny_model, tiny_tok, tiny_hp, requests, message):
+    before = state_snapshot(tiny_model)
+    with pytest.raises(RequestError) as err:
+        apply_locft_to_model(tiny_model, tiny_tok, requests, tiny_hp, progress=False)
+    assert message in str(err.value)
+    assert changed(before, tiny_model) == []
+
+
+def test_nan_loss_stops_and_leaves_model_unchanged(tiny_model, tiny_tok, facts, tiny_hp):
+    before = state_snapshot(tiny_model)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # the 3rd forward produces NaN
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    handle = tiny_model.model.layers[3].mlp.register_forward_hook(poison)
+    try:
+        with pytest.raises(TrainingDiverged, match="Lower lr"):
+            apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, progress=False)
+    finally:
+        handle.remove()
+    assert changed(before, tiny_model) == []
+
+
+def test_interrupt_leaves_model_unchanged(tiny_model, tiny_tok, facts, tiny_hp):
+    before = state_snapshot(tiny_model)
+    calls = {"n": 0}
+
+    def interrupt(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return output
+
+    handle = tiny_model.model.layers[3].register_forward_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, progress=False)
+    finally:
+        handle.remove()
+    assert changed(before, tiny_model) == []
+    assert all(p.requires_grad for p in tiny_model.parameters())
+    assert len(tiny_model.model.layers) == 4 and all(
+        type(l).__name__ == "LlamaDecoderLayer" for l in tiny_model.model.layers)
