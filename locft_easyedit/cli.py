@@ -1,0 +1,304 @@
+"""``locft-edit``: edit a model's facts from the command line (argument parsing and printing).
+
+Exit codes: 0 success, 2 bad input (one line on stderr, nothing written), 1 internal failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import List, Optional
+
+logger = logging.getLogger("locft_easyedit.cli")
+
+REPO_HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
+DEFAULT_HPARAMS = REPO_HPARAMS / "smollm2-135m.yaml"
+
+EXAMPLES = {
+    "demo": "locft-edit demo                       # 24 counterfactual edits on the embedded model",
+    "run": ("locft-edit run --dataset zsre --data ../shared/data/zsre_2k.json --n 100 "
+            "--patch-out zsre100.safetensors\n"
+            "  locft-edit run --requests my_edits.json --hparams hparams/llama3-8b.yaml "
+            "--patch-out fix.safetensors --save-model ./llama3-edited"),
+    "apply": "locft-edit apply fix.safetensors --model ./llama3 --save-model ./llama3-edited",
+    "revert": "locft-edit revert fix.safetensors --model ./llama3-edited --save-model ./llama3-base",
+}
+
+
+class BadInput(ValueError):
+    """Raised for input the user can fix; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _user_errors():
+    from .models import DefaultModelUnavailable
+    from .patch import PatchError
+    from .requests import RequestError
+
+    return (BadInput, RequestError, PatchError, DefaultModelUnavailable, FileNotFoundError,
+            ValueError)
+
+
+# --- shared steps --------------------------------------------------------------------------------
+def _load_hparams(path: Optional[str], model: Optional[str]):
+    from .locft_hparams import LocFTHyperParams
+
+    hp_path = Path(path) if path else DEFAULT_HPARAMS
+    if not path and not hp_path.is_file():
+        raise BadInput(f"no default hparams at {hp_path}; pass --hparams YAML")
+    raw = LocFTHyperParams.from_dict(_read_yaml(hp_path), source=str(hp_path))
+    if model:
+        raw.model_name = model
+    from .models import resolve_model_name
+
+    raw.model_name = resolve_model_name(raw.model_name)
+    return raw
+
+
+def _read_yaml(path: Path):
+    import yaml
+
+    if not path.is_file():
+        raise BadInput(f"hparams file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def _load_model(name: str, hp=None, quiet: bool = False):
+    import torch
+
+    from .models import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if hp is not None and hp.device is not None:
+        device = f"cuda:{hp.device}" if isinstance(hp.device, int) else hp.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            logger.warning("hparams ask for %s but no GPU is available: using the CPU", device)
+            device = "cpu"
+    logger.info("loading %s", name)
+    return load_model(name, device=device, dtype=hp.dtype if hp is not None else None)
+
+
+def _demo_requests() -> List[dict]:
+    text = resources.files("locft_easyedit").joinpath("data/demo_edits.json").read_text()
+    return json.loads(text)
+
+
+def _save_model(model, tok, out: str) -> None:
+    out_path = Path(out)
+    if out_path.exists() and any(out_path.iterdir()):
+        raise BadInput(f"--save-model {out}: folder exists and is not empty; choose a new folder")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_path.name + ".", dir=out_path.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out_path.exists():
+            out_path.rmdir()
+        os.replace(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved the model to %s", out)
+
+
+def _check_writable(path: Optional[str], flag: str) -> None:
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {path}: folder {parent} does not exist")
+
+
+def _shorten(text: str, width: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
+                    patch_out: Optional[str] = None, save_model: Optional[str] = None,
+                    table_rows: int = 30) -> dict:
+    """Edit, print a before/after table and the summary line; write the patch / model."""
+    from .evaluate import evaluate_requests, generate_answers, locality_snapshot
+    from .locft_main import apply_locft_to_model
+    from .patch import save_patch
+
+    prompts = [r["prompt"] for r in requests]
+    progress = not quiet
+    old = generate_answers(model, tok, prompts, progress=progress)
+    loc_before = locality_snapshot(model, tok, requests, progress=progress)
+    t0 = time.perf_counter()
+    model, weights_copy = apply_locft_to_model(model, tok, requests, hp,
+                                               return_orig_weights=True, progress=progress)
+    seconds = time.perf_counter() - t0
+    new = generate_answers(model, tok, prompts, progress=progress)
+    scores = evaluate_requests(model, tok, requests, loc_before, progress=progress)
+
+    rows = list(zip(prompts, [r["target_new"] for r in requests], old, new))[:table_rows]
+    print(f"{'prompt':<46} {'target':<16} {'old answer':<28} new answer")
+    for p, t, o, n in rows:
+        print(f"{_shorten(p, 46):<46} {_shorten(t, 16):<16} {_shorten(o, 28):<28} {_shorten(n, 40)}")
+    if len(requests) > table_rows:
+        print(f"... {len(requests) - table_rows} more")
+    summary = {"reliability": scores["reliability_em"],
+               "generalization": scores.get("generalization_em", float("nan")),
+               "locality": scores.get("locality", float("nan")), "seconds": seconds}
+    print(" ".join(f"{k}={v:.2f}" if k != "seconds" else f"{k}={v:.1f}" for k, v in summary.items()))
+    if patch_out:
+        params = dict(model.named_parameters())
+        save_patch(patch_out, weights_copy, {n: params[n] for n in weights_copy},
+                   hparams=hp.to_dict(), requests=requests, model_class=type(model).__name__)
+        logger.info("wrote the edit patch %s", patch_out)
+    if save_model:
+        _save_model(model, tok, save_model)
+    return {**summary, "token_reliability": scores["reliability"],
+            "token_generalization": scores.get("generalization")}
+
+
+# --- subcommands -----------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    _check_writable(args.patch_out, "--patch-out")
+    hp = _load_hparams(args.hparams, None)
+    model, tok = _load_model(hp.model_name, hp, args.quiet)
+    requests = _demo_requests()[: args.n]
+    edit_and_report(model, tok, requests, hp, args.quiet, args.patch_out)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .requests import load_dataset, load_requests, validate_requests
+
+    if bool(args.requests) == bool(args.dataset):
+        raise BadInput("give either --requests FILE or --dataset NAME --data PATH")
+    if args.dataset and not args.data:
+        raise BadInput("--dataset needs --data PATH (the dataset's JSON file)")
+    _check_writable(args.patch_out, "--patch-out")
+    if args.save_model and Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
+        raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
+    requests = (load_requests(args.requests) if args.requests
+                else validate_requests(load_dataset(args.data, args.dataset, n=args.n)))
+    hp = _load_hparams(args.hparams, args.model)
+    model, tok = _load_model(hp.model_name, hp, args.quiet)
+    edit_and_report(model, tok, requests, hp, args.quiet, args.patch_out, args.save_model)
+    return 0
+
+
+def _patch_cmd(args, action) -> int:
+    from .models import resolve_model_name
+    from .patch import load_patch
+
+    load_patch(args.patch)  # refuse a bad file before loading a model
+    if Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
+        raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
+    model, tok = _load_model(resolve_model_name(args.model), None, args.quiet)
+    meta = action(model, args.patch)
+    _save_model(model, tok, args.save_model)
+    print(f"{args.command}: {len(json.loads(meta['parameters']))} tensor(s), "
+          f"{meta['n_requests']} edits -> {args.save_model}")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from .patch import apply_patch
+
+    return _patch_cmd(args, apply_patch)
+
+
+def cmd_revert(args) -> int:
+    from .patch import revert_patch
+
+    return _patch_cmd(args, revert_patch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="locft-edit", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Edit facts in a language model with LocFT-BF (localized, "
+                            "breadth-first fine-tuning).",
+                epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logging")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name, help_text, func):
+        sp = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog="example:\n  " + EXAMPLES[name],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or info logging")
+        sp.set_defaults(func=func)
+        return sp
+
+    d = add("demo", "Edit the embedded SmolLM2-135M with the shipped example edits and print "
+                    "a before/after table and a summary line.", cmd_demo)
+    d.add_argument("--n", type=int, default=None, help="use only the first N example edits")
+    d.add_argument("--hparams", default=None, help=f"hparams YAML (default {DEFAULT_HPARAMS.name})")
+    d.add_argument("--patch-out", default=None, help="also write the edit as a patch file")
+
+    r = add("run", "Edit any local model with requests from a file or a dataset.", cmd_run)
+    src = r.add_argument_group("edits (one of)")
+    src.add_argument("--requests", help="JSON list of {prompt, target_new[, rephrase_prompt, "
+                                        "locality]} dicts")
+    src.add_argument("--dataset", choices=["zsre", "counterfact", "wikibigedit"])
+    r.add_argument("--data", help="the dataset's JSON file (with --dataset)")
+    r.add_argument("--n", type=int, default=None, help="first N records of --data")
+    r.add_argument("--model", help="local model folder or 'embedded:smollm2-135m' "
+                                   "(default: the hparams' model_name)")
+    r.add_argument("--hparams", help=f"hparams YAML (default {DEFAULT_HPARAMS.name})")
+    r.add_argument("--patch-out", required=True, help="where to write the edit patch "
+                                                      "(.safetensors)")
+    r.add_argument("--save-model", help="also save the edited model to this new folder")
+
+    for name, text, func in (("apply", "Apply an edit patch to a model and save the result.",
+                              cmd_apply),
+                             ("revert", "Undo an edit patch (bit-exact) and save the result.",
+                              cmd_revert)):
+        a = add(name, text, func)
+        a.add_argument("patch", help="the patch file (.safetensors)")
+        a.add_argument("--model", default="embedded:smollm2-135m", help="model folder")
+        a.add_argument("--save-model", required=True, help="new folder for the result")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    args.quiet = quiet
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"locft-edit: error: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("locft-edit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"locft-edit: internal error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
