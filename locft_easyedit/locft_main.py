@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import distributed
+from .distributed import data_parallel
 from .encoding import encode_requests
 from .forward import FastLoss, ReferenceLoss, find_layer_stack, pad_id_of
 from .locft_hparams import LocFTHyperParams
@@ -104,16 +106,13 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
     t0 = time.perf_counter()
     with _frozen(model):
         if hparams.implementation == "reference":
-            loss_fn, ctx = ReferenceLoss(model, tok, requests, hparams, subs), None
+            loss_fn = ReferenceLoss(model, tok, requests, hparams, subs)
         else:
             loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok))
-            ctx = loss_fn
-        run = PIPELINES[hparams.pipeline]
-        if ctx is None:
-            result = run(loss_fn, len(examples), masters, hparams, progress)
-        else:
-            with ctx:
-                result = run(loss_fn, len(examples), masters, hparams, progress)
+        step_fn = data_parallel(loss_fn, masters) if distributed.is_active() else loss_fn
+        with loss_fn:
+            result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
+                                                 progress and distributed.rank() == 0)
     logger.info("LocFT %s: %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
                 len(examples), result.epochs, result.steps, time.perf_counter() - t0)
     return {n: m.detach().to(dtypes[n]) for n, m in masters.items()}, result

@@ -1,0 +1,188 @@
+"""Speed of LocFT: the optimized implementation against the reference, side by side.
+
+Each implementation runs in its own fresh subprocess (so peak memory is its own), one after
+the other, on the same edits with the same seed and settings. Reports seconds per edit,
+trained tokens per second, peak memory, reliability (teacher-forced) and the speed-up ratio.
+
+    # embedded model, 100 ZsRE edits, the shipped YAML (issue 7's CPU target)
+    python benchmarks/speed.py --model embedded --n 100
+    # tiny random model, synthetic facts: seconds per edit as N grows (fixed epochs)
+    python benchmarks/speed.py --model tiny --n 1000 10000 --epochs 3 --only fast
+    # LLaMA3-8B-shaped random model (GPU): 3K ZsRE-length edits, 25 epochs, layer 22 down_proj
+    python benchmarks/speed.py --model llama8b-shaped --n 3000 --epochs 25 --only fast
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "zsre_2k.json"
+
+
+def _setup(args, n):
+    """``(model, tok, requests, hparams)`` for one configuration."""
+    import torch
+
+    from locft_easyedit import LocFTHyperParams, load_dataset
+    from locft_easyedit.synthetic import build_tiny_model, build_tokenizer, synthetic_facts
+
+    overrides = {"implementation": args.impl}
+    if args.epochs:
+        overrides.update(num_epochs=args.epochs, loss_threshold=0.0)  # fixed work per edit
+    if args.model == "embedded":
+        hp = LocFTHyperParams.from_hparams(args.hparams)
+        from locft_easyedit import load_model
+
+        model, tok = load_model(hp.model_name, device="cuda" if torch.cuda.is_available() else None)
+        requests = _zsre(n, args.data)
+    elif args.model == "tiny":
+        tok = build_tokenizer()
+        model = build_tiny_model(len(tok), layers=4, hidden=64, intermediate=128)
+        requests = synthetic_facts(n)
+        hp = LocFTHyperParams(model_name="tiny", layers=[2], lr=1e-2, mini_batch_size=32)
+    else:  # a LLaMA3-8B-shaped random model (bf16 on GPU), ZsRE prompts and targets
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        from locft_easyedit.models import default_model_dir
+
+        tok = AutoTokenizer.from_pretrained(default_model_dir())
+        cfg = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          max_position_embeddings=8192, rope_theta=500000.0)
+        if args.scale_down:  # the same shape of work, a quarter the width and depth, for CPU
+            cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers = 1024, 3584, 8
+            cfg.num_attention_heads, cfg.num_key_value_heads = 8, 2
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+        with torch.device(dev):
+            model = LlamaForCausalLM(cfg).to(dtype)
+        model.eval()
+        requests = _zsre(n, args.data)
+        layer = 22 if not args.scale_down else 5
+        hp = LocFTHyperParams(model_name="llama8b-shaped", layers=[layer], lr=5e-4,
+                              mini_batch_size=100, num_epochs=25)
+    hp = LocFTHyperParams.from_dict({**hp.to_dict(), **overrides})
+    return model, tok, requests, hp
+
+
+def _zsre(n, data):
+    from locft_easyedit import load_dataset
+
+    base = load_dataset(data, "zsre")
+    out = []
+    while len(out) < n:  # beyond 2,000 edits, repeat prompts with a numbered prefix
+        k = len(out) // len(base)
+        out.extend({**r, "prompt": (f"({k}) " if k else "") + r["prompt"]}
+                   for r in base[: n - len(out)])
+    return out
+
+
+def measure(args) -> dict:
+    """One run in this process: edit, time, score."""
+    import torch
+
+    from locft_easyedit import execute_locft
+    from locft_easyedit.encoding import encode_requests
+    from locft_easyedit.evaluate import token_accuracy
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    n = args.n[0]
+    model, tok, requests, hp = _setup(args, n)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens = sum(e.target_len for e in encode_requests(tok, requests, hp.append_eos, hp.max_length))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    new, result = execute_locft(model, tok, requests, hp, progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    out = {"impl": hp.implementation, "model": args.model, "n": n, "epochs": result.epochs,
+           "steps": result.steps, "seconds": seconds, "seconds_per_edit": seconds / n,
+           "target_tokens_per_second": tokens * result.epochs / seconds,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_after_load_mb": rss_loaded}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if not args.no_score and args.model != "llama8b-shaped":
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, w in new.items():
+                params[name].copy_(w)
+        acc = token_accuracy(model, tok, [r["prompt"] for r in requests],
+                             [r["target_new"] for r in requests], batch_size=64)
+        out["reliability"] = sum(acc) / len(acc)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["embedded", "tiny", "llama8b-shaped"], default="embedded")
+    ap.add_argument("--n", type=int, nargs="+", default=[100], help="numbers of edits")
+    ap.add_argument("--hparams", default=str(REPO / "hparams" / "smollm2-135m.yaml"))
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="fixed epochs (turns off early stopping so every run does equal work)")
+    ap.add_argument("--only", choices=["fast", "reference"], default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--scale-down", action="store_true",
+                    help="llama8b-shaped: a quarter the width and depth (for CPU)")
+    ap.add_argument("--no-score", action="store_true")
+    ap.add_argument("--out", default=None, help="append results as JSON lines")
+    ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # internal: child process
+    args = ap.parse_args(argv)
+
+    if args.impl:  # child: one measurement, printed as JSON
+        print("RESULT " + json.dumps(measure(args)))
+        return
+    rows = []
+    for n in args.n:
+        for impl in ([args.only] if args.only else ["fast", "reference"]):
+            cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--model", args.model,
+                   "--hparams", args.hparams, "--data", args.data]
+            cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--scale-down"] if args.scale_down else []
+            cmd += ["--no-score"] if args.no_score else []
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                sys.stderr.write(proc.stderr[-3000:])
+                raise SystemExit(f"{impl} run failed (exit {proc.returncode})")
+            row = json.loads(line[0][len("RESULT "):])
+            row.update(machine=f"{platform.machine()}, {os.cpu_count()} cores",
+                       date=time.strftime("%Y-%m-%d"), command="python benchmarks/speed.py "
+                       + " ".join(argv if argv is not None else sys.argv[1:]))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    by = {(r["n"], r["impl"]): r for r in rows}
+    print("\n| model | N | impl | s/edit | target tok/s | peak RSS MB | reliability | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        ref = by.get((r["n"], "reference"))
+        ratio = ref["seconds"] / r["seconds"] if ref and r["impl"] == "fast" else None
+        print(f"| {r['model']} | {r['n']} | {r['impl']} | {r['seconds_per_edit']:.4f} | "
+              f"{r['target_tokens_per_second']:.0f} | {r['peak_rss_mb']:.0f} | "
+              f"{r.get('reliability', float('nan')):.3f} | "
+              f"{'%.2fx' % ratio if ratio else ''} |")
+
+
+if __name__ == "__main__":
+    main()
