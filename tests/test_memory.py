@@ -27,7 +27,6 @@ def test_cache_size_is_linear_in_tokens_and_capped(tiny_model, tiny_tok, tiny_hp
         assert loss.cache.shape == (tokens, 64)
         sizes.append(loss.cache.numel() * loss.cache.element_size())
         assert sizes[-1] == tokens * 64 * 4
-    assert sizes[1] < 15 * sizes[0]  # 10x the edits: ~10x the cache (1.3-1.9 KB per edit here)
 
     capped = dataclasses.replace(tiny_hp, prefix_cache_max_gb=sizes[0] / 2**30 / 2)
     loss, _ = _loss(tiny_model, tiny_tok, synthetic_facts(100, seed=1), capped)
