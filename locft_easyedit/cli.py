@@ -90,7 +90,8 @@ def _load_model(name: str, hp=None, quiet: bool = False):
             logger.warning("hparams ask for %s but no GPU is available: using the CPU", device)
             device = "cpu"
     logger.info("loading %s", name)
-    return load_model(name, device=device, dtype=hp.dtype if hp is not None else None)
+    return load_model(name, device=device, dtype=hp.dtype if hp is not None else None,
+                      device_map="auto" if hp is not None and hp.model_parallel else None)
 
 
 def _demo_requests() -> List[dict]:
@@ -192,6 +193,12 @@ def cmd_run(args) -> int:
     requests = (load_requests(args.requests) if args.requests
                 else validate_requests(load_dataset(args.data, args.dataset, n=args.n)))
     hp = _load_hparams(args.hparams, args.model)
+    from . import distributed
+
+    if distributed.init_from_env() and distributed.rank() != 0:
+        # data-parallel under torchrun: every rank trains; only rank 0 prints and writes
+        sys.stdout = open(os.devnull, "w")
+        args.quiet, args.patch_out, args.save_model = True, None, None
     model, tok = _load_model(hp.model_name, hp, args.quiet)
     edit_and_report(model, tok, requests, hp, args.quiet, args.patch_out, args.save_model)
     return 0

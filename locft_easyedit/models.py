@@ -148,8 +148,11 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_model(name_or_path: str, device=None, dtype=None):
-    """``(model, tokenizer)`` from a local folder or an ``embedded:`` name, in eval mode."""
+def load_model(name_or_path: str, device=None, dtype=None, device_map=None):
+    """``(model, tokenizer)`` from a local folder or an ``embedded:`` name, in eval mode.
+
+    ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over several
+    through accelerate; ``device`` is then ignored."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -160,9 +163,10 @@ def load_model(name_or_path: str, device=None, dtype=None):
             f"(nothing is downloaded from a hub) or 'embedded:smollm2-135m'")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    kwargs = {"device_map": device_map} if device_map else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
-    if device is not None:
+    if device is not None and not device_map:
         model.to(device)
     model.eval()
     return model, tok
