@@ -105,8 +105,8 @@ class Checkpointer:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise CheckpointError(f"checkpoint {self.path} is unreadable ({exc}); delete it or "
-                                  "set resume: false to start over") from None
+            raise CheckpointError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}"
+                                  "); delete it or set resume: false to start over") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {self.path} is not a LocFT checkpoint of format "
                                   f"{FORMAT}; delete it or set resume: false to start over")

@@ -54,7 +54,7 @@ def select_parameters(model, hp: LocFTHyperParams) -> Dict[str, torch.nn.Paramet
         for layer in hp.layers:
             try:
                 name = tmp.format(layer)
-            except (IndexError, KeyError, ValueError):
+            except (IndexError, KeyError, ValueError, TypeError, AttributeError):
                 raise ValueError(f"key 'rewrite_module_tmp': {tmp!r} is not a template with one "
                                  "'{}' for the layer index") from None
             if name in params:
