@@ -136,8 +136,8 @@ class Checkpointer:
         torch.set_rng_state(s["torch_rng"])
         for key, value in s["result"].items():
             setattr(res, key, value)
-        logger.info("resuming from checkpoint %s at epoch %d, mini-batch %d", self.path,
-                    pos.epoch + 1, pos.batch + 1)
+        logger.info("resuming from checkpoint %s: %d epochs (depth-first: requests) done, "
+                    "%d mini-batches into the next", self.path, pos.epoch, pos.batch)
         return pos
 
     # --- writing ---------------------------------------------------------------------------
