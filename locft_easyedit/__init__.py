@@ -2,6 +2,7 @@
 
     from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_default_model
 """
+from .checkpoint import CheckpointError
 from .locft_hparams import LocFTHyperParams
 from .locft_main import apply_locft_to_model, execute_locft, restore_weights, select_parameters
 from .models import load_default_model, load_model
@@ -13,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "LocFTHyperParams", "apply_locft_to_model", "execute_locft", "restore_weights",
     "select_parameters", "load_default_model", "load_model", "RequestError", "load_dataset",
-    "load_requests", "validate_requests", "TrainingDiverged", "__version__",
+    "load_requests", "validate_requests", "TrainingDiverged", "CheckpointError", "__version__",
 ]

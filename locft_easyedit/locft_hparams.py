@@ -87,6 +87,24 @@ class LocFTHyperParams(_Base):
     fp16: bool = _doc("EasyEdit: load the model in float16.", default=False)
     bf16: bool = _doc("EasyEdit: load the model in bfloat16.", default=False)
 
+    # --- checkpoints (reliability) ---
+    checkpoint_dir: Optional[str] = _doc(
+        "Folder for the resumable checkpoint of a long run (null = no checkpoints). It holds "
+        "the trained fp32 tensors, Adam state, the shuffling generator, epoch and mini-batch "
+        "position and the losses so far, written atomically.", default=None)
+    checkpoint_every_epochs: int = _doc(
+        "Checkpoint after every N epochs (depth-first: every N requests); 0 = only by time.",
+        default=1)
+    checkpoint_every_minutes: Optional[float] = _doc(
+        "Also checkpoint after the mini-batch that ends N minutes since the last one "
+        "(null = only by epochs). A kill -9 loses at most one interval.", default=None)
+    resume: bool = _doc(
+        "Continue from the checkpoint in checkpoint_dir when there is one (a checkpoint of a "
+        "different run is refused); false starts over and overwrites it.", default=True)
+    conflicting_targets: str = _doc(
+        "Two requests with the same prompt and different targets: 'error' (refuse them) or "
+        "'warn' (log a warning and train both).", default="error")
+
     def __post_init__(self) -> None:
         validate(self)
 
@@ -100,7 +118,10 @@ class LocFTHyperParams(_Base):
             path = Path(str(path) + ".yaml")
         if not path.is_file():
             raise ValueError(f"hparams file {str(path)!r} does not exist")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
         try:
             config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
@@ -120,7 +141,7 @@ class LocFTHyperParams(_Base):
         if "alg" in config and "alg_name" not in config:  # EasyEdit's legacy key
             config["alg_name"] = config.pop("alg")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
+        unknown = sorted(map(str, set(config) - known))
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         if config.get("alg_name", ALG_NAME) != ALG_NAME:
@@ -176,7 +197,8 @@ def validate(hp: LocFTHyperParams) -> None:
     hints = typing.get_type_hints(type(hp))
     for f in dataclasses.fields(hp):
         value = getattr(hp, f.name)
-        if hints[f.name] is float and isinstance(value, str):
+        floaty = hints[f.name] in (float, Optional[float])
+        if floaty and isinstance(value, str):
             try:  # YAML reads 5e-4 (no dot) as a string; EasyEdit accepts it, so do we
                 value = float(value)
                 setattr(hp, f.name, value)
@@ -185,8 +207,11 @@ def validate(hp: LocFTHyperParams) -> None:
         if not _matches(value, hints[f.name]):
             raise ValueError(f"key {f.name!r}: expected {_type_name(hints[f.name])}, "
                              f"got {value!r} ({type(value).__name__})")
-        if hints[f.name] is float:
-            setattr(hp, f.name, float(value))
+        if floaty and value is not None:
+            try:
+                setattr(hp, f.name, float(value))
+            except OverflowError:
+                raise ValueError(f"key {f.name!r}: {value!r} is too large for a float") from None
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
@@ -214,6 +239,20 @@ def validate(hp: LocFTHyperParams) -> None:
     need(hp.prefix_cache_max_gb >= 0, "prefix_cache_max_gb", "must be >= 0")
     dev = hp.device
     need(dev is None or (isinstance(dev, int) and dev >= 0) or
-         (isinstance(dev, str) and (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")
-                                    or dev == "mps")),
+         (isinstance(dev, str) and (dev in ("cpu", "cuda", "mps") or
+                                    (dev.startswith("cuda:") and dev[5:].isdigit()))),
          "device", "must be null, a CUDA index >= 0, 'cpu', 'cuda:N' or 'mps'")
+    # --- reliability: ranges the checks above left open, checkpoints, conflicting targets ---
+    need(0 <= hp.seed < 2**63, "seed", "must be an integer from 0 to 2**63 - 1")
+    need(not (hp.fp16 and hp.bf16), "bf16", "cannot be true together with fp16")
+    need(hp.checkpoint_dir is None or bool(hp.checkpoint_dir.strip()), "checkpoint_dir",
+         "must be null or a folder path")
+    need(hp.checkpoint_every_epochs >= 0, "checkpoint_every_epochs", "must be >= 0")
+    need(hp.checkpoint_every_minutes is None or (math.isfinite(hp.checkpoint_every_minutes)
+                                                 and hp.checkpoint_every_minutes > 0),
+         "checkpoint_every_minutes", "must be null or a finite number > 0")
+    need(hp.checkpoint_dir is None or hp.checkpoint_every_epochs > 0
+         or hp.checkpoint_every_minutes is not None, "checkpoint_every_epochs",
+         "is 0 and checkpoint_every_minutes is null, so checkpoint_dir would never be written")
+    need(hp.conflicting_targets in ("error", "warn"), "conflicting_targets",
+         "must be 'error' or 'warn'")

@@ -22,7 +22,8 @@ from .encoding import encode_requests
 from .forward import FastLoss, ReferenceLoss, find_layer_stack, pad_id_of
 from .locft_hparams import LocFTHyperParams
 from .requests import validate_requests
-from .training import PIPELINES, TrainResult
+from .checkpoint import open_checkpoint
+from .training import PIPELINES, TrainResult, explain_oom
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def select_parameters(model, hp: LocFTHyperParams) -> Dict[str, torch.nn.Paramet
         for layer in hp.layers:
             try:
                 name = tmp.format(layer)
-            except (IndexError, KeyError, ValueError):
+            except (IndexError, KeyError, ValueError, TypeError, AttributeError):
                 raise ValueError(f"key 'rewrite_module_tmp': {tmp!r} is not a template with one "
                                  "'{}' for the layer index") from None
             if name in params:
@@ -92,9 +93,10 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
                   progress: bool = True, **kwargs: Any) -> Tuple[Dict[str, torch.Tensor],
                                                                  TrainResult]:
     """Train and return ``({name: new_weight}, TrainResult)``; the model is not changed."""
-    requests = validate_requests(requests)
+    requests = validate_requests(requests, hparams.conflicting_targets)
     params = select_parameters(model, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
+    ckpt = open_checkpoint(hparams, examples, params)  # another run's checkpoint: refused now
     masters = {n: p.detach().to(torch.float32).clone().requires_grad_(True)
                for n, p in params.items()}
     dtypes = {n: p.dtype for n, p in params.items()}
@@ -104,7 +106,7 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
 
     torch.manual_seed(hparams.seed)
     t0 = time.perf_counter()
-    with _frozen(model):
+    with _frozen(model), explain_oom(hparams, len(examples)):
         if hparams.implementation == "reference":
             loss_fn = ReferenceLoss(model, tok, requests, hparams, subs)
         else:
@@ -112,7 +114,7 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
         step_fn = data_parallel(loss_fn, masters) if distributed.is_active() else loss_fn
         with loss_fn:
             result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
-                                                 progress and distributed.rank() == 0)
+                                                 progress and distributed.rank() == 0, ckpt)
     logger.info("LocFT %s: %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
                 len(examples), result.epochs, result.steps, time.perf_counter() - t0)
     return {n: m.detach().to(dtypes[n]) for n, m in masters.items()}, result

@@ -3,17 +3,21 @@
 ``loss_fn(indices, denom)`` runs forward and backward for the examples at ``indices`` and
 returns their summed per-example loss divided by ``denom`` (so a mini-batch's gradient is the
 mean over its examples). The loops below only decide which examples go together and when the
-optimizer steps.
+optimizer steps. With a :class:`~locft_easyedit.checkpoint.Checkpointer` they start where its
+checkpoint left off and save one when due (after a mini-batch, or at an epoch's end).
 """
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .checkpoint import Checkpointer, Position
 
 logger = logging.getLogger(__name__)
 
@@ -41,31 +45,57 @@ def _check(loss: float, where: str, hp) -> None:
             f"try dtype: float32")
 
 
+@contextmanager
+def explain_oom(hp, n_edits: int):
+    """Re-raise out-of-memory with what to change; the type (torch.OutOfMemoryError or
+    MemoryError) stays, so callers that catch it still do."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        dtype = hp.dtype or "the model's own"
+        raise type(exc)(
+            f"out of memory while training {n_edits} edits ({first}); nothing was changed. To "
+            f"fit: a smaller mini_batch_size (now {hp.mini_batch_size}), a lower max_length "
+            f"(now {hp.max_length}), dtype: bfloat16 (now {dtype}), or a "
+            f"lower prefix_cache_max_gb (now {hp.prefix_cache_max_gb}) so the frozen-prefix "
+            f"cache is not kept on the device") from exc
+
+
 def _adam(masters: Dict[str, torch.Tensor], hp) -> torch.optim.Optimizer:
     return torch.optim.Adam(list(masters.values()), lr=hp.lr, weight_decay=hp.weight_decay)
 
 
 def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                  progress: bool = True) -> TrainResult:
+                  progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
     """Epochs over all edits, each a fresh shuffle walked in mini-batches."""
     gen = torch.Generator().manual_seed(hp.seed)
     opt = _adam(masters, hp)
     res = TrainResult()
-    bar = tqdm(range(hp.num_epochs), desc="LocFT-BF epochs", unit="epoch", disable=not progress)
+    at = ckpt.restore(masters, opt, gen, res) if ckpt else Position()
+    mbs = hp.mini_batch_size
+    bar = tqdm(range(at.epoch, hp.num_epochs), desc="LocFT-BF epochs", unit="epoch",
+               disable=not progress)
     for epoch in bar:
+        epoch_gen = gen.get_state()  # a resumed run draws this epoch's order again from it
         order = torch.randperm(n, generator=gen).tolist()
-        losses = []
-        for start in range(0, n, hp.mini_batch_size):
-            idx = order[start:start + hp.mini_batch_size]
+        resumed = epoch == at.epoch
+        losses = at.losses if resumed else []
+        for b in range(at.batch if resumed else 0, -(-n // mbs)):
+            idx = order[b * mbs:(b + 1) * mbs]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(idx, len(idx))
-            _check(loss, f"epoch {epoch + 1}, mini-batch {start // hp.mini_batch_size + 1}", hp)
+            _check(loss, f"epoch {epoch + 1}, mini-batch {b + 1}", hp)
             losses.append(loss)
             if loss < hp.loss_threshold:
                 res.skipped += 1
-                continue
-            opt.step()
-            res.steps += 1
+            else:
+                opt.step()
+                res.steps += 1
+            if ckpt:
+                ckpt.maybe_save(Position(epoch, b + 1, losses, epoch_gen), masters, opt, res)
         res.epochs = epoch + 1
         epoch_loss = sum(losses) / len(losses)
         res.epoch_losses.append(epoch_loss)
@@ -74,16 +104,24 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
         if epoch_loss < hp.loss_threshold:
             res.stopped_early = epoch + 1 < hp.num_epochs
             break
+        if ckpt:
+            ckpt.maybe_save(Position(epoch + 1, 0, [], gen.get_state()), masters, opt, res,
+                            epoch_end=True)
     opt.zero_grad(set_to_none=True)
+    if ckpt:  # the finished state: running the same edit again returns at once
+        ckpt.save(Position(hp.num_epochs, 0, [], gen.get_state()), masters, opt, res)
     return res
 
 
 def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                progress: bool = True) -> TrainResult:
+                progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
     """Each edit alone trained to convergence (at most ``num_epochs`` steps), then the next:
-    the practice the paper corrects, kept for its ablation."""
+    the practice the paper corrects, kept for its ablation. Checkpoints fall between
+    requests (``checkpoint_every_epochs`` counts requests)."""
     res = TrainResult()
-    for i in tqdm(range(n), desc="LocFT-DF requests", unit="edit", disable=not progress):
+    at = ckpt.restore(masters, None, None, res) if ckpt else Position()
+    for i in tqdm(range(at.epoch, n), desc="LocFT-DF requests", unit="edit",
+                  disable=not progress):
         opt = _adam(masters, hp)  # a fresh optimizer per edit, as per-edit editors do
         loss = float("nan")
         for step in range(hp.num_epochs):
@@ -96,6 +134,10 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
             res.steps += 1
         res.epoch_losses.append(loss)
         res.epochs = i + 1
+        if ckpt:
+            ckpt.maybe_save(Position(i + 1), masters, None, res, epoch_end=True)
+    if ckpt:
+        ckpt.save(Position(n), masters, None, res)
     return res
 
 
