@@ -15,7 +15,7 @@ def test_twenty_zsre_edits_land_and_unrelated_answers_survive(embedded, zsre_pat
     hp = LocFTHyperParams.from_hparams(REPO / "hparams" / "smollm2-135m.yaml")
     requests = load_dataset(zsre_path, "zsre", n=20)
     # Unrelated prompts: NQ questions of other ZsRE records, never trained on.
-    unrelated = [r["locality"]["neighborhood"]["prompt"] + "?"
+    unrelated = [r["locality"]["neighborhood"]["prompt"].removeprefix("nq question: ") + "?"
                  for r in load_dataset(zsre_path, "zsre", n=20, offset=1000)]
     before_loc = locality_snapshot(model, tok, requests)
     before_answers = generate_answers(model, tok, unrelated)
