@@ -8,11 +8,16 @@ from .locft_main import apply_locft_to_model, execute_locft, restore_weights, se
 from .models import load_default_model, load_model
 from .requests import RequestError, load_dataset, load_requests, validate_requests
 from .training import TrainingDiverged
+from .easyedit import register as register_easyedit
+
+# Register LocFT with EasyEdit when it is importable; a silent no-op without it.
+register_easyedit()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LocFTHyperParams", "apply_locft_to_model", "execute_locft", "restore_weights",
     "select_parameters", "load_default_model", "load_model", "RequestError", "load_dataset",
-    "load_requests", "validate_requests", "TrainingDiverged", "CheckpointError", "__version__",
+    "load_requests", "validate_requests", "TrainingDiverged", "CheckpointError",
+    "register_easyedit", "__version__",
 ]

@@ -59,7 +59,9 @@ class LocFTHyperParams(_Base):
     mini_batch_size: int = _doc("Edits per optimizer step (the optimizer's batch).", default=100)
     batch_size: int = _doc(
         "EasyEdit's meaning: requests one editing call receives. batch_edit with "
-        "batch_size >= N is one breadth-first run over all N edits.", default=100000)
+        "batch_size >= N is one breadth-first run over all N edits; smaller is chunked "
+        "lifelong editing. editor.edit() needs 1 (then it is the depth-first pipeline).",
+        default=100000)
     loss_threshold: float = _doc(
         "A mini-batch whose loss is below it takes no step; an epoch whose mean loss is "
         "below it ends training.", default=1e-2)
@@ -68,13 +70,14 @@ class LocFTHyperParams(_Base):
                          "kept for the paper's ablation).", default="breadth_first")
     seed: int = _doc("Seed of the shuffling order; same seed and device give identical deltas.",
                      default=42)
-    max_length: int = _doc("Most tokens of prompt + target; longer prompts lose their start.",
-                           default=128)
+    max_length: int = _doc("Most tokens of prompt + target; longer prompts lose their start. "
+                           "EasyEdit's evaluation also truncates to it.", default=128)
     model_parallel: bool = _doc("Model spread over devices with device_map='auto'.",
                                 default=False)
     dtype: Optional[str] = _doc(
         "dtype to load the model in ('float32', 'bfloat16', 'float16'); null keeps the "
-        "model's own. Trained tensors always keep an fp32 master copy.", default=None)
+        "model's own. Trained tensors always keep an fp32 master copy. EasyEdit's "
+        "BaseEditor ignores it (it loads float32, or float16 with fp16: true).", default=None)
     implementation: str = _doc(
         "'fast' (frozen-prefix cache, target-only logits, length-grouped micro-batches) or "
         "'reference' (the straightforward loop, for comparison). Same results.",
@@ -83,9 +86,12 @@ class LocFTHyperParams(_Base):
         "Largest frozen-prefix cache kept (on the compute device); above it the prefix is "
         "recomputed every step.", default=4.0)
 
-    # EasyEdit reads these from any method's hparams; harmless for standalone use.
-    fp16: bool = _doc("EasyEdit: load the model in float16.", default=False)
-    bf16: bool = _doc("EasyEdit: load the model in bfloat16.", default=False)
+    # EasyEdit's BaseEditor and evaluation read alg_name, model_name, device, model_parallel,
+    # batch_size, max_length (above) and fp16 (below) from any method's hparams; everything
+    # else they look up with hasattr/getattr. Harmless for standalone use.
+    fp16: bool = _doc("EasyEdit: BaseEditor loads the model in float16.", default=False)
+    bf16: bool = _doc("Kept for configs that set it; EasyEdit's BaseEditor has no bfloat16 "
+                      "option (use dtype with load_model instead).", default=False)
 
     # --- checkpoints (reliability) ---
     checkpoint_dir: Optional[str] = _doc(

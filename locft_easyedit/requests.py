@@ -159,10 +159,11 @@ def _locality(prompt: Optional[str], answer: Any, name: str = "neighborhood") ->
 
 
 def from_zsre(record: dict) -> dict:
-    """ZsRE (EasyEdit ``zsre_mend_eval``): src/alt/rephrase/loc/loc_ans."""
+    """ZsRE (EasyEdit ``zsre_mend_eval``): src/alt/rephrase/loc/loc_ans.
+
+    The locality prompt keeps its ``nq question: `` prefix, as EasyEdit's ``ZsreDataset`` and
+    example scripts (and ROME/MEND's ZsRE evaluation) do."""
     loc = record.get("loc") or ""
-    if loc.startswith("nq question: "):
-        loc = loc[len("nq question: "):]
     answers = record.get("answers") or [""]
     return {"prompt": record["src"], "target_new": record["alt"],
             "ground_truth": answers[0] if isinstance(answers, list) else answers,
@@ -177,11 +178,15 @@ def from_counterfact(record: dict) -> dict:
         rw = record["requested_rewrite"]
         prompt = rw["prompt"].format(rw["subject"]) if "{}" in rw["prompt"] else rw["prompt"]
         para = record.get("paraphrase_prompts") or [None]
-        nb = record.get("neighborhood_prompts") or [None]
+        nb = list(record.get("neighborhood_prompts") or [])
+        truth = rw["target_true"]["str"]
+        # every neighbourhood prompt, each answered by the true target (EasyEdit's examples)
+        locality = ({"neighborhood": {"prompt": nb, "ground_truth": [truth] * len(nb)}}
+                    if nb else {})
         return {"prompt": prompt, "target_new": rw["target_new"]["str"],
-                "ground_truth": rw["target_true"]["str"], "rephrase_prompt": para[0],
+                "ground_truth": truth, "rephrase_prompt": para[0],
                 "subject": rw["subject"], "case_id": record.get("case_id"),
-                "locality": _locality(nb[0], rw["target_true"]["str"])}
+                "locality": locality}
     return {"prompt": record["prompt"], "target_new": record["target_new"],
             "ground_truth": record.get("ground_truth"),
             "rephrase_prompt": record.get("rephrase_prompt"), "subject": record.get("subject"),
@@ -229,10 +234,12 @@ def load_dataset(path: str | Path, dataset: Optional[str] = None, n: Optional[in
     records = read_json(path)
     if not isinstance(records, list) or not records:
         raise RequestError(f"{path}: expected a non-empty JSON list of records")
-    records = records[offset: None if n is None else offset + n]
     name = dataset or guess_dataset(records[0])
     if name not in READERS:
         raise RequestError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if name == "zsre":  # records without a new answer are no edits (EasyEdit skips them too)
+        records = [r for r in records if not (isinstance(r, dict) and r.get("alt") == "")]
+    records = records[offset: None if n is None else offset + n]
     out = []
     for i, rec in enumerate(records):
         try:
