@@ -3,14 +3,15 @@
 ``loss_fn(indices, denom)`` runs forward and backward for the examples at ``indices`` and
 returns their summed per-example loss divided by ``denom`` (so a mini-batch's gradient is the
 mean over its examples). The loops below only decide which examples go together and when the
-optimizer steps.
+optimizer steps. ``after_step(steps)``, when given, runs after every optimizer step (gradients
+still in place) with the number of steps taken so far: AdaLoRA's budget schedule hooks in there.
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Sequence[int], int], float]
+AfterStep = Optional[Callable[[int], None]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,7 +48,7 @@ def _adam(masters: Dict[str, torch.Tensor], hp) -> torch.optim.Optimizer:
 
 
 def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                  progress: bool = True) -> TrainResult:
+                  progress: bool = True, after_step: AfterStep = None) -> TrainResult:
     """Epochs over all edits, each a fresh shuffle walked in mini-batches."""
     gen = torch.Generator().manual_seed(hp.seed)
     opt = _adam(masters, hp)
@@ -66,6 +68,8 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                 continue
             opt.step()
             res.steps += 1
+            if after_step is not None:
+                after_step(res.steps)
         res.epochs = epoch + 1
         epoch_loss = sum(losses) / len(losses)
         res.epoch_losses.append(epoch_loss)
@@ -79,7 +83,7 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
 
 
 def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                progress: bool = True) -> TrainResult:
+                progress: bool = True, after_step: AfterStep = None) -> TrainResult:
     """Each edit alone trained to convergence (at most ``num_epochs`` steps), then the next:
     the practice the paper corrects, kept for its ablation."""
     res = TrainResult()
@@ -94,6 +98,8 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                 break
             opt.step()
             res.steps += 1
+            if after_step is not None:
+                after_step(res.steps)
         res.epoch_losses.append(loss)
         res.epochs = i + 1
     return res
