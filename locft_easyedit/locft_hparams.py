@@ -111,6 +111,40 @@ class LocFTHyperParams(_Base):
         "Two requests with the same prompt and different targets: 'error' (refuse them) or "
         "'warn' (log a warning and train both).", default="error")
 
+    # --- adapters (peft) ---
+    # tuning: lora / adalora train peft adapters placed only on the nn.Linear modules that
+    # layers x rewrite_module_tmp select (see locft_easyedit/adapters.py); same losses, same
+    # breadth-first / depth-first loops, same lr / epochs / mini-batch fields.
+    tuning: str = _doc(
+        "'full' (train the selected tensors themselves), 'lora' or 'adalora' (train peft "
+        "adapters on the selected nn.Linear modules; the base weights stay untouched).",
+        default="full")
+    lora_rank: int = _doc("LoRA rank r (tuning: lora).", default=8)
+    lora_alpha: float = _doc("LoRA scaling alpha (lora: alpha / r; adalora: alpha / rank).",
+                             default=16.0)
+    lora_dropout: float = _doc("Dropout on the adapter input while training (0 <= p < 1).",
+                               default=0.0)
+    lora_merge: bool = _doc(
+        "After training merge the adapter into the base weights and return the plain model "
+        "(weights_copy then holds the originals); false returns the peft model with the base "
+        "weights untouched (get the base back with model.unload()).", default=False)
+    adalora_init_r: int = _doc("AdaLoRA: initial rank of every adapted module.", default=12)
+    adalora_target_r: int = _doc("AdaLoRA: mean rank left after the budget schedule.",
+                                 default=8)
+    adalora_tinit: float = _doc(
+        "AdaLoRA: warm-up share of the total steps before ranks are pruned (0 <= x < 1; "
+        "total_step = epochs x mini-batches per epoch, depth-first: edits x num_epochs).",
+        default=0.1)
+    adalora_tfinal: float = _doc(
+        "AdaLoRA: final share of the total steps trained at the final ranks (tinit + tfinal < 1).",
+        default=0.2)
+    adalora_delta_t: int = _doc("AdaLoRA: steps between two rank re-allocations (deltaT).",
+                                default=1)
+    adalora_beta1: float = _doc("AdaLoRA: EMA coefficient of the sensitivity.", default=0.85)
+    adalora_beta2: float = _doc("AdaLoRA: EMA coefficient of the uncertainty.", default=0.85)
+    adalora_orth_reg_weight: float = _doc(
+        "AdaLoRA: weight of the orthogonality penalty on its P and Q matrices.", default=0.5)
+
     def __post_init__(self) -> None:
         validate(self)
 
@@ -262,3 +296,32 @@ def validate(hp: LocFTHyperParams) -> None:
          "is 0 and checkpoint_every_minutes is null, so checkpoint_dir would never be written")
     need(hp.conflicting_targets in ("error", "warn"), "conflicting_targets",
          "must be 'error' or 'warn'")
+    validate_adapters(hp)
+
+
+# --- adapters (peft) -------------------------------------------------------------------------
+TUNINGS = ("full", "lora", "adalora")
+
+
+def validate_adapters(hp: LocFTHyperParams) -> None:
+    """Ranges of the adapter fields (types are checked by :func:`validate`)."""
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ValueError(f"key {key!r}: {rule}, got {getattr(hp, key)!r}")
+
+    need(hp.tuning in TUNINGS, "tuning", f"must be one of {TUNINGS}")
+    need(hp.lora_rank >= 1, "lora_rank", "must be >= 1")
+    need(math.isfinite(hp.lora_alpha) and hp.lora_alpha > 0, "lora_alpha", "must be > 0")
+    need(0 <= hp.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+    need(hp.adalora_target_r >= 1, "adalora_target_r", "must be >= 1")
+    need(hp.adalora_init_r >= hp.adalora_target_r, "adalora_init_r",
+         f"must be >= adalora_target_r ({hp.adalora_target_r})")
+    need(0 <= hp.adalora_tinit < 1, "adalora_tinit", "must be a share of the steps in [0, 1)")
+    need(0 <= hp.adalora_tfinal < 1, "adalora_tfinal", "must be a share of the steps in [0, 1)")
+    need(hp.adalora_tinit + hp.adalora_tfinal < 1, "adalora_tfinal",
+         f"adalora_tinit + adalora_tfinal must be < 1 (tinit is {hp.adalora_tinit})")
+    need(hp.adalora_delta_t >= 1, "adalora_delta_t", "must be >= 1")
+    need(0 <= hp.adalora_beta1 < 1, "adalora_beta1", "must be in [0, 1)")
+    need(0 <= hp.adalora_beta2 < 1, "adalora_beta2", "must be in [0, 1)")
+    need(math.isfinite(hp.adalora_orth_reg_weight) and hp.adalora_orth_reg_weight >= 0,
+         "adalora_orth_reg_weight", "must be >= 0")

@@ -89,10 +89,56 @@ def _frozen(model):
         model.train(was_training)
 
 
+def train_tensors(model, tok, requests: Sequence[dict], examples, masters: Dict[str, torch.Tensor],
+                  subs, hparams: LocFTHyperParams, progress: bool = True,
+                  after_step=None, extra_loss=None, train_mode: Sequence[torch.nn.Module] = (),
+                  ckpt=None) -> TrainResult:
+    """Run the ``hparams.pipeline`` loop on ``masters`` (leaf tensors, named like the model's
+    parameters; they may be the model's own parameters, as adapters are) with the
+    ``hparams.implementation`` loss. Every other parameter is frozen meanwhile.
+
+    ``after_step(steps)`` runs after each optimizer step; ``extra_loss()`` (a scalar tensor)
+    is added to each mini-batch's gradient but not to the loss the thresholds see;
+    ``train_mode`` modules (e.g. adapter dropout) train while the rest is in eval mode."""
+    torch.manual_seed(hparams.seed)
+    t0 = time.perf_counter()
+    with _frozen(model), explain_oom(hparams, len(examples)):
+        for m in masters.values():
+            m.requires_grad_(True)
+        for module in train_mode:
+            module.train()
+        if hparams.implementation == "reference":
+            loss_fn = ReferenceLoss(model, tok, requests, hparams, subs)
+        else:
+            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok))
+        step_fn = loss_fn
+        if extra_loss is not None:
+            def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)
+                value = loss_fn(indices, denom)
+                if distributed.rank() == 0:
+                    extra_loss().backward()
+                return value
+
+        if distributed.is_active():
+            step_fn = data_parallel(step_fn, masters)
+        with loss_fn:
+            result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
+                                                 progress and distributed.rank() == 0, ckpt,
+                                                 after_step)
+    logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
+                hparams.tuning, len(examples), result.epochs, result.steps,
+                time.perf_counter() - t0)
+    return result
+
+
 def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
                   progress: bool = True, **kwargs: Any) -> Tuple[Dict[str, torch.Tensor],
                                                                  TrainResult]:
-    """Train and return ``({name: new_weight}, TrainResult)``; the model is not changed."""
+    """Train and return ``({name: new_weight}, TrainResult)``; the model is not changed.
+    Full tuning only (``tuning: full``); adapters: :func:`locft_easyedit.adapters.execute_adapter`."""
+    if hparams.tuning != "full":
+        raise ValueError(f"key 'tuning': execute_locft trains the tensors themselves (tuning: "
+                         f"full), got {hparams.tuning!r}; use adapters.execute_adapter")
     requests = validate_requests(requests, hparams.conflicting_targets)
     params = select_parameters(model, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
@@ -104,19 +150,8 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
     def subs() -> Dict[str, torch.Tensor]:
         return {n: m.to(dtypes[n]) for n, m in masters.items()}
 
-    torch.manual_seed(hparams.seed)
-    t0 = time.perf_counter()
-    with _frozen(model), explain_oom(hparams, len(examples)):
-        if hparams.implementation == "reference":
-            loss_fn = ReferenceLoss(model, tok, requests, hparams, subs)
-        else:
-            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok))
-        step_fn = data_parallel(loss_fn, masters) if distributed.is_active() else loss_fn
-        with loss_fn:
-            result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
-                                                 progress and distributed.rank() == 0, ckpt)
-    logger.info("LocFT %s: %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
-                len(examples), result.epochs, result.steps, time.perf_counter() - t0)
+    result = train_tensors(model, tok, requests, examples, masters, subs, hparams, progress,
+                           ckpt=ckpt)
     return {n: m.detach().to(dtypes[n]) for n, m in masters.items()}, result
 
 
@@ -130,7 +165,18 @@ def apply_locft_to_model(model, tok, requests: List[Dict], hparams: LocFTHyperPa
     name to its original tensor when ``return_orig_weights`` or ``keep_original_weight`` is
     set (restore with :func:`restore_weights`), and is empty otherwise. Extra keyword
     arguments: ``progress`` (bool, tqdm bars); others EasyEdit passes are ignored.
+
+    With ``tuning: lora`` / ``adalora`` see :func:`locft_easyedit.adapters.apply_adapter_to_model`:
+    the result is a peft model (base weights untouched, ``weights_copy`` empty; ``.unload()``
+    gives the base back) or, with ``lora_merge: true``, the merged model with the originals in
+    ``weights_copy``.
     """
+    if hparams.tuning != "full":  # peft adapters (LoRA / AdaLoRA) on the selected modules
+        from .adapters import apply_adapter_to_model
+
+        return apply_adapter_to_model(model, tok, requests, hparams, copy=copy,
+                                      return_orig_weights=return_orig_weights,
+                                      keep_original_weight=keep_original_weight, **kwargs)
     if copy:
         model = copy_module.deepcopy(model)
     new_weights, _ = execute_locft(model, tok, requests, hparams,

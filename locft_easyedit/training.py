@@ -5,6 +5,8 @@ returns their summed per-example loss divided by ``denom`` (so a mini-batch's gr
 mean over its examples). The loops below only decide which examples go together and when the
 optimizer steps. With a :class:`~locft_easyedit.checkpoint.Checkpointer` they start where its
 checkpoint left off and save one when due (after a mini-batch, or at an epoch's end).
+``after_step(steps)``, when given, runs after every optimizer step (gradients
+still in place) with the number of steps taken so far: AdaLoRA's budget schedule hooks in there.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .checkpoint import Checkpointer, Position
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Sequence[int], int], float]
+AfterStep = Optional[Callable[[int], None]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,7 +72,8 @@ def _adam(masters: Dict[str, torch.Tensor], hp) -> torch.optim.Optimizer:
 
 
 def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                  progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
+                  progress: bool = True, ckpt: Optional[Checkpointer] = None,
+                  after_step: AfterStep = None) -> TrainResult:
     """Epochs over all edits, each a fresh shuffle walked in mini-batches."""
     gen = torch.Generator().manual_seed(hp.seed)
     opt = _adam(masters, hp)
@@ -94,6 +98,8 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
             else:
                 opt.step()
                 res.steps += 1
+                if after_step is not None:
+                    after_step(res.steps)
             if ckpt:
                 ckpt.maybe_save(Position(epoch, b + 1, losses, epoch_gen), masters, opt, res)
         res.epochs = epoch + 1
@@ -114,7 +120,8 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
 
 
 def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
-                progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
+                progress: bool = True, ckpt: Optional[Checkpointer] = None,
+                after_step: AfterStep = None) -> TrainResult:
     """Each edit alone trained to convergence (at most ``num_epochs`` steps), then the next:
     the practice the paper corrects, kept for its ablation. Checkpoints fall between
     requests (``checkpoint_every_epochs`` counts requests)."""
@@ -132,6 +139,8 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                 break
             opt.step()
             res.steps += 1
+            if after_step is not None:
+                after_step(res.steps)
         res.epoch_losses.append(loss)
         res.epochs = i + 1
         if ckpt:
