@@ -19,6 +19,7 @@ import torch
 from .encoding import encode_requests
 from .forward import FastLoss, ReferenceLoss, find_layer_stack, pad_id_of
 from .locft_hparams import LocFTHyperParams
+from .preserve import build_regularizer
 from .requests import validate_requests
 from .training import PIPELINES, TrainResult
 
@@ -103,10 +104,12 @@ def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParam
     torch.manual_seed(hparams.seed)
     t0 = time.perf_counter()
     with _frozen(model):
+        reg = build_regularizer(model, tok, hparams, masters)  # None unless asked for
         if hparams.implementation == "reference":
-            loss_fn, ctx = ReferenceLoss(model, tok, requests, hparams, subs), None
+            loss_fn, ctx = ReferenceLoss(model, tok, requests, hparams, subs, reg), None
         else:
-            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok))
+            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok),
+                               regularizer=reg)
             ctx = loss_fn
         run = PIPELINES[hparams.pipeline]
         if ctx is None:
