@@ -181,7 +181,7 @@ def heatmap(result: dict, path: str | Path, title: str = "") -> None:
         ax.set_title(metric, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.03)
     axes[-1, 0].set_xlabel("layer")
-    fig.suptitle(title or f"locft-locate: {result['n']} edits, {result['epochs']} epochs, "
+    fig.suptitle(title or f"locft-locate: {result['n']} edits, {result['epochs']} epochs "
                  f"(* = chosen)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

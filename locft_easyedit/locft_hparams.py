@@ -95,8 +95,10 @@ class LocFTHyperParams(_Base):
     preserve_samples: int = _doc(
         "Generic texts sampled for the preservation loss (one per opening, cycling).",
         default=64)
-    preserve_new_tokens: int = _doc("Tokens sampled after each generic opening.", default=32)
-    preserve_batch: int = _doc("Generic texts in the preservation term of each step.", default=8)
+    preserve_new_tokens: int = _doc("Tokens sampled after each generic opening.", default=16)
+    preserve_batch: int = _doc(
+        "Generic texts in the preservation term of each step (its cost: their positions go "
+        "through the vocabulary projection every step).", default=4)
     preserve_topk: int = _doc(
         "The original distribution is kept as its top-k tokens plus one 'rest' bucket.",
         default=64)
