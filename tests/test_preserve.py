@@ -8,25 +8,6 @@ from locft_easyedit import LocFTHyperParams, execute_locft
 from locft_easyedit.preserve import (GENERIC_OPENINGS, coarse_kl, reference_distributions,
                                      sample_generic_text)
 
-LOCALITY = dict(preserve_weight=1.0, preserve_samples=12, preserve_new_tokens=8,
-                preserve_batch=4, preserve_topk=16, per_example_stop=True)
-# The anchor is left out of the equality test: Adam divides its tiny gradients by their own
-# size, which amplifies float reassociation (measured 5e-4 relative on the whole layer).
-
-
-def test_fast_equals_reference_with_locality_terms(tiny_model, tiny_tok, facts, tiny_hp):
-    for template in ("model.layers.{}.mlp.down_proj.weight", "model.layers.{}"):
-        hp = dataclasses.replace(tiny_hp, rewrite_module_tmp=template, num_epochs=6, **LOCALITY)
-        fast, rf = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
-        ref, rr = execute_locft(tiny_model, tiny_tok, facts,
-                                dataclasses.replace(hp, implementation="reference"), progress=False)
-        assert rf.steps == rr.steps
-        base = {n: p.detach() for n, p in tiny_model.named_parameters()}
-        for name in fast:
-            delta_f, delta_r = fast[name] - base[name], ref[name] - base[name]
-            assert float((delta_f - delta_r).norm() / delta_r.norm()) <= 1e-4, name
-        assert rf.epoch_losses == pytest.approx(rr.epoch_losses, rel=1e-5)
-
 
 def test_preservation_and_anchor_shrink_the_change(tiny_model, tiny_tok, facts, tiny_hp):
     hp = dataclasses.replace(tiny_hp, num_epochs=10)
