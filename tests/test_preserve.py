@@ -9,7 +9,7 @@ from locft_easyedit.preserve import (GENERIC_OPENINGS, coarse_kl, reference_dist
                                      sample_generic_text)
 
 
-def test_preservation_and_anchor_shrink_the_change(tiny_model, tiny_tok, facts, tiny_hp):
+def test_anchor_shrinks_the_change(tiny_model, tiny_tok, facts, tiny_hp):
     hp = dataclasses.replace(tiny_hp, num_epochs=10)
     plain, _ = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
     anchored, _ = execute_locft(tiny_model, tiny_tok, facts,
