@@ -21,12 +21,13 @@ def label(run: dict) -> str:
 def main(src: str, dst: str) -> None:
     runs = [json.loads(line) for line in open(src) if line.strip()]
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for run in runs:
+    for i, run in enumerate(runs):
         p = run["post"]
         ax.scatter(p["locality"], p["reliability"], color="tab:blue")
         ax.scatter(p["locality"], p["generalization"], color="tab:orange", marker="x")
-        ax.annotate(f"{label(run)} (n={run['n']})", (p["locality"], p["reliability"]),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(f"{label(run)} (n={run['n']})", (p["locality"], p["generalization"]),
+                    fontsize=6, xytext=(2, -12 - 9 * (i % 4)), textcoords="offset points",
+                    rotation=-20)
     ax.scatter([0.90], [0.49], color="tab:red", marker="s")
     ax.annotate("MEMIT (issue 10 table, 50 edits)", (0.90, 0.49), fontsize=6,
                 xytext=(-120, 5), textcoords="offset points")
