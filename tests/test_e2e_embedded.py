@@ -32,4 +32,4 @@ def test_twenty_zsre_edits_land_and_unrelated_answers_survive(embedded, zsre_pat
     assert post["reliability_em"] >= 0.8        # measured 1.00
     assert post["generalization"] >= 0.7        # measured 0.93
     assert same >= 0.6, (same, list(zip(before_answers, after_answers)))
-    assert list(weights_copy) == ["model.layers.20.mlp.down_proj.weight"]
+    assert list(weights_copy) == [f"model.layers.{hp.layers[0]}.mlp.down_proj.weight"]
