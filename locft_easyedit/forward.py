@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .encoding import Encoded, encode_requests, length_groups, pad_batch
+from .preserve import Regularizer, edit_loss
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
 class ReferenceLoss:
     """The straightforward loop (kept to check the fast one against)."""
 
-    def __init__(self, model, tok, requests: Sequence[dict], hp, subs: Subs):
+    def __init__(self, model, tok, requests: Sequence[dict], hp, subs: Subs,
+                 regularizer: Optional[Regularizer] = None):
         self.model, self.tok, self.requests, self.hp, self.subs = model, tok, requests, hp, subs
         self.pad = pad_id_of(tok)
+        self.regularizer = regularizer
 
     def __enter__(self):  # nothing to set up: the straightforward loop uses the model as is
         return self
@@ -68,14 +71,25 @@ class ReferenceLoss:
         batch = encode_requests(self.tok, [self.requests[i] for i in indices],
                                 self.hp.append_eos, self.hp.max_length)
         ids, mask, labels = pad_batch(batch, self.pad, input_device(self.model))
-        out = functional_call(self.model, self.subs(), args=(),
+        subs = self.subs()
+        out = functional_call(self.model, subs, args=(),
                               kwargs={"input_ids": ids, "attention_mask": mask})
         logits, labels = out.logits[:, :-1], labels[:, 1:]
         ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
         per_ex = ce.sum(1) / (labels != -100).sum(1)
-        loss = per_ex.sum() / denom
+        loss, report = edit_loss(per_ex, denom, self.hp)
         loss.backward()
-        return float(loss.detach())
+        if self.regularizer is not None:
+            self.regularizer.backward(subs, lambda idx: self._generic_logits(subs, idx))
+        return report
+
+    def _generic_logits(self, subs, idx: Sequence[int]) -> torch.Tensor:
+        """Logits at every next-token position of the regularizer's generic texts ``idx``."""
+        batch = [self.regularizer.examples[i] for i in idx]
+        ids, mask, labels = pad_batch(batch, self.pad, input_device(self.model))
+        out = functional_call(self.model, subs, args=(),
+                              kwargs={"input_ids": ids, "attention_mask": mask})
+        return out.logits[:, :-1][labels[:, 1:] != -100]
 
 
 class _Skip(nn.Module):
@@ -115,7 +129,13 @@ class FastLoss:
     """Same loss as :class:`ReferenceLoss`, without the wasted work."""
 
     def __init__(self, model, examples: List[Encoded], trained: Sequence[str], hp, subs: Subs,
-                 pad_id: int, overhead_tokens: int = 64):
+                 pad_id: int, overhead_tokens: int = 64,
+                 regularizer: Optional[Regularizer] = None):
+        # the regularizer's generic texts follow the edits (indices n_edits..), cached alike
+        self.regularizer = regularizer
+        self.n_edits = len(examples)
+        if regularizer is not None:
+            examples = list(examples) + regularizer.examples
         self.model, self.examples, self.hp, self.subs = model, examples, hp, subs
         self.pad = pad_id
         self.overhead = overhead_tokens
@@ -218,34 +238,43 @@ class FastLoss:
         return out
 
     # --- the loss ------------------------------------------------------------------------------
+    def _target_logits(self, subs, idx: Sequence[int]):
+        """``(logits [K, V], labels [K], rows [K])`` at the target positions of examples
+        ``idx``, in row order (one padded forward)."""
+        batch = [self.examples[i] for i in idx]
+        ids, mask, labels = pad_batch(batch, self.pad, self.device)
+        if self.head_only:
+            if self.cache is not None:
+                self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
+            base_subs = {k[len(self.base_prefix):]: v for k, v in subs.items()}
+            try:
+                out = functional_call(self.base, base_subs, args=(),
+                                      kwargs={"input_ids": ids, "attention_mask": mask})
+            finally:
+                if self.cache is not None:
+                    self.skips[-1].current = None
+            rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+            logits = self.head(out.last_hidden_state[rows, cols].to(self.head.weight.device))
+        else:
+            out = functional_call(self.model, subs, args=(),
+                                  kwargs={"input_ids": ids, "attention_mask": mask})
+            rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+            logits = out.logits[rows, cols]
+        dev = logits.device
+        return logits, labels[rows, cols + 1].to(dev), rows.to(dev)
+
     def __call__(self, indices: Sequence[int], denom: int) -> float:
         lengths = [self.examples[i].length for i in indices]
         total = 0.0
         for group in length_groups(lengths, self.overhead):
             idx = [indices[g] for g in group]
-            batch = [self.examples[i] for i in idx]
-            ids, mask, labels = pad_batch(batch, self.pad, self.device)
-            subs = self.subs()
-            if self.head_only:
-                if self.cache is not None:
-                    self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
-                base_subs = {k[len(self.base_prefix):]: v for k, v in subs.items()}
-                out = functional_call(self.base, base_subs, args=(),
-                                      kwargs={"input_ids": ids, "attention_mask": mask})
-                if self.cache is not None:
-                    self.skips[-1].current = None
-                rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-                h = out.last_hidden_state[rows, cols]
-                logits = self.head(h.to(self.head.weight.device))
-                per_ex = per_example_ce(logits, labels[rows, cols + 1].to(logits.device),
-                                        rows.to(logits.device), len(idx))
-            else:
-                out = functional_call(self.model, subs, args=(),
-                                      kwargs={"input_ids": ids, "attention_mask": mask})
-                lg, lb = out.logits[:, :-1], labels[:, 1:]
-                ce = F.cross_entropy(lg.float().transpose(1, 2), lb, reduction="none")
-                per_ex = ce.sum(1) / (lb != -100).sum(1)
-            loss = per_ex.sum() / denom
+            logits, labels, rows = self._target_logits(self.subs(), idx)
+            per_ex = per_example_ce(logits, labels, rows, len(idx))
+            loss, report = edit_loss(per_ex, denom, self.hp)
             loss.backward()
-            total += float(loss.detach())
+            total += report
+        if self.regularizer is not None:
+            subs = self.subs()
+            self.regularizer.backward(
+                subs, lambda idx: self._target_logits(subs, [self.n_edits + i for i in idx])[0])
         return total

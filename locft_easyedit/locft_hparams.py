@@ -145,6 +145,28 @@ class LocFTHyperParams(_Base):
     adalora_orth_reg_weight: float = _doc(
         "AdaLoRA: weight of the orthogonality penalty on its P and Q matrices.", default=0.5)
 
+    # --- locality (issue 10) ---
+    preserve_weight: float = _doc(
+        "Weight of the preservation loss KL(original || edited) of next-token distributions "
+        "on generic text sampled from the unedited model from the fixed openings in "
+        "locft_easyedit/preserve.py (never evaluation data); 0 turns it off.", default=0.0)
+    preserve_samples: int = _doc(
+        "Generic texts sampled for the preservation loss (one per opening, cycling).",
+        default=64)
+    preserve_new_tokens: int = _doc("Tokens sampled after each generic opening.", default=16)
+    preserve_batch: int = _doc(
+        "Generic texts in the preservation term of each step (its cost: their positions go "
+        "through the vocabulary projection every step).", default=4)
+    preserve_topk: int = _doc(
+        "The original distribution is kept as its top-k tokens plus one 'rest' bucket.",
+        default=64)
+    anchor_weight: float = _doc(
+        "Weight of the L2 penalty sum((W - W_original)^2) on the trained tensors; 0 = off.",
+        default=0.0)
+    per_example_stop: bool = _doc(
+        "Examples whose own loss is below loss_threshold give no gradient (their loss still "
+        "counts towards the mini-batch and epoch means).", default=False)
+
     def __post_init__(self) -> None:
         validate(self)
 
@@ -277,6 +299,14 @@ def validate(hp: LocFTHyperParams) -> None:
     need(hp.implementation in ("fast", "reference"), "implementation",
          "must be 'fast' or 'reference'")
     need(hp.prefix_cache_max_gb >= 0, "prefix_cache_max_gb", "must be >= 0")
+    need(math.isfinite(hp.preserve_weight) and hp.preserve_weight >= 0, "preserve_weight",
+         "must be a finite number >= 0")
+    need(hp.preserve_samples >= 1, "preserve_samples", "must be >= 1")
+    need(hp.preserve_new_tokens >= 1, "preserve_new_tokens", "must be >= 1")
+    need(hp.preserve_batch >= 1, "preserve_batch", "must be >= 1")
+    need(hp.preserve_topk >= 1, "preserve_topk", "must be >= 1")
+    need(math.isfinite(hp.anchor_weight) and hp.anchor_weight >= 0, "anchor_weight",
+         "must be a finite number >= 0")
     dev = hp.device
     need(dev is None or (isinstance(dev, int) and dev >= 0) or
          (isinstance(dev, str) and (dev in ("cpu", "cuda", "mps") or

@@ -21,6 +21,7 @@ from .distributed import data_parallel
 from .encoding import encode_requests
 from .forward import FastLoss, ReferenceLoss, find_layer_stack, pad_id_of
 from .locft_hparams import LocFTHyperParams
+from .preserve import build_regularizer
 from .requests import validate_requests
 from .checkpoint import open_checkpoint
 from .training import PIPELINES, TrainResult, explain_oom
@@ -107,10 +108,14 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, masters: Dict[
             m.requires_grad_(True)
         for module in train_mode:
             module.train()
+        # locality terms (None unless asked for); under data parallelism rank 0 alone adds
+        # them, since gradients are summed over ranks
+        reg = build_regularizer(model, tok, hparams, masters) if distributed.rank() == 0 else None
         if hparams.implementation == "reference":
-            loss_fn = ReferenceLoss(model, tok, requests, hparams, subs)
+            loss_fn = ReferenceLoss(model, tok, requests, hparams, subs, reg)
         else:
-            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok))
+            loss_fn = FastLoss(model, examples, list(masters), hparams, subs, pad_id_of(tok),
+                               regularizer=reg)
         step_fn = loss_fn
         if extra_loss is not None:
             def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)

@@ -39,4 +39,4 @@ def test_twenty_zsre_edits_land_and_unrelated_answers_survive(embedded, zsre_pat
     # stop earlier: training appends EOS). The whole-answer agreement is issue 10's target.
     assert same_start >= 0.6, (same_start, list(zip(before_answers, after_answers)))
     assert same_whole <= same_start
-    assert list(weights_copy) == ["model.layers.20.mlp.down_proj.weight"]
+    assert list(weights_copy) == [f"model.layers.{hp.layers[0]}.mlp.down_proj.weight"]

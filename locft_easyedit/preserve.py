@@ -1,0 +1,218 @@
+"""Locality-preserving loss terms (issue 10), called from the loss functions in ``forward.py``.
+
+* **Preservation loss** (``preserve_weight``): ``KL(original || edited)`` of the next-token
+  distributions on generic text. The text is sampled from the *unedited* model itself, once
+  before training, after the fixed openings in :data:`GENERIC_OPENINGS` (written for this
+  project: everyday questions and sentence starts, not taken from ZsRE, CounterFact, NQ or any
+  other evaluation set). The original distribution at every position is stored as its top-k
+  log-probabilities plus one "rest" bucket (the KL of that coarsened distribution, a lower
+  bound of the full KL), so memory stays small whatever the vocabulary.
+* **Anchor** (``anchor_weight``): ``sum((W - W_original)^2)`` over the trained tensors.
+* **Per-example stop** (``per_example_stop``): examples whose own loss is already below
+  ``loss_threshold`` give no gradient (:func:`edit_loss`).
+
+:data:`HELDOUT_OPENINGS` are other generic openings, never trained on; ``locate`` uses text
+sampled after them as its capability proxy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .encoding import Encoded
+
+GENERIC_OPENINGS = [
+    "What is the best way to learn a new language?",
+    "How do plants make their own food?",
+    "Why is the sky blue?",
+    "Who was the first person to walk on the moon?",
+    "Where do most of the world's bananas grow?",
+    "When did people start using paper money?",
+    "Which animals can live both in water and on land?",
+    "How many bones are in the human body?",
+    "What does a computer's memory do?",
+    "Explain how a bicycle stays upright.",
+    "Write a short note to a friend about the weekend.",
+    "Give three tips for staying healthy in winter.",
+    "The history of the city begins",
+    "In the morning, the market was",
+    "My favourite recipe for soup is",
+    "The main reason people travel is",
+    "Scientists have long wondered whether",
+    "The football match ended with",
+    "A good teacher always",
+    "The river flows through",
+    "Once upon a time, in a small village,",
+    "The company announced on Monday that",
+    "To solve this equation, first",
+    "The most important invention of the last century was",
+    "Who wrote the play about the prince of Denmark?",
+    "What is the capital of the country you would most like to visit?",
+    "How long does it take light from the sun to reach the earth?",
+    "Which instrument has black and white keys?",
+    "What language do people speak in Brazil?",
+    "Who painted the ceiling of the famous chapel in Rome?",
+    "In which year did the Second World War end?",
+    "What is the largest ocean on earth?",
+]
+
+HELDOUT_OPENINGS = [
+    "What should I pack for a trip to the mountains?",
+    "How does a refrigerator keep food cold?",
+    "Who invented the telephone?",
+    "The old library on the hill",
+    "Describe your ideal holiday.",
+    "Which planet is closest to the sun?",
+    "The weather report for tomorrow says",
+    "What is the tallest mountain in Africa?",
+    "How do birds know where to migrate?",
+    "The new museum opened its doors",
+    "Which country has the largest population?",
+    "Name a famous composer of classical music.",
+]
+
+
+@torch.no_grad()
+def sample_generic_text(model, tok, openings: Sequence[str], n: int, new_tokens: int,
+                        seed: int, batch_size: int = 16) -> List[Encoded]:
+    """``n`` texts sampled (temperature 1, top-k 50) from ``model`` after the openings (cycled),
+    each ending at its first EOS. Deterministic for a seed on one device; the global RNG is
+    left as it was. ``prompt_len`` is 1: every next token after the first counts."""
+    from .evaluate import _left_padding  # lazy: evaluate imports forward, which imports us
+    from .forward import input_device, pad_id_of
+
+    texts = [openings[i % len(openings)] for i in range(n)]
+    out: List[Encoded] = []
+    device = input_device(model)
+    was = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), _left_padding(tok):
+            torch.manual_seed(seed)
+            for s in range(0, n, batch_size):
+                enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True)
+                enc = {k: v.to(device) for k, v in enc.items()}
+                gen = model.generate(**enc, max_new_tokens=new_tokens, do_sample=True,
+                                     top_k=50, temperature=1.0, top_p=1.0,
+                                     pad_token_id=pad_id_of(tok), eos_token_id=tok.eos_token_id)
+                width = enc["input_ids"].shape[1]
+                for row in range(gen.shape[0]):
+                    ids = gen[row, width - int(enc["attention_mask"][row].sum()):width].tolist()
+                    for t in gen[row, width:].tolist():
+                        ids.append(t)
+                        if t == tok.eos_token_id:
+                            break
+                    out.append(Encoded(tuple(ids), 1))
+    finally:
+        model.train(was)
+    return out
+
+
+@dataclass
+class Reference:
+    """The unedited model's next-token distributions on the generic texts, top-k + rest."""
+
+    examples: List[Encoded]
+    top_idx: List[torch.Tensor]     # per text: [length - 1, k] token ids
+    top_logp: List[torch.Tensor]    # per text: [length - 1, k] log-probabilities
+
+
+@torch.no_grad()
+def reference_distributions(model, tok, examples: List[Encoded], k: int) -> Reference:
+    from .encoding import pad_batch
+    from .forward import input_device, pad_id_of
+
+    idx_out, logp_out = [], []
+    for s in range(0, len(examples), 16):
+        batch = examples[s:s + 16]
+        ids, mask, _ = pad_batch(batch, pad_id_of(tok), input_device(model))
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        for row, e in enumerate(batch):
+            logp = F.log_softmax(logits[row, :e.length - 1], dim=-1)
+            top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            idx_out.append(top.indices)
+            logp_out.append(top.values)
+    return Reference(examples, idx_out, logp_out)
+
+
+def coarse_kl(ref_idx: torch.Tensor, ref_logp: torch.Tensor,
+              logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(ref || edited) on the top-k tokens of ``ref`` + one bucket
+    for the rest of the vocabulary. ``logits`` ``[K, V]``; ``ref_*`` ``[K, k]``."""
+    logp = F.log_softmax(logits.float(), dim=-1).gather(1, ref_idx.to(logits.device))
+    ref_logp = ref_logp.to(logits.device)
+    p = ref_logp.exp()
+    kl = (p * (ref_logp - logp)).sum(-1)
+    eps = 1e-6
+    rest_ref = (1 - p.sum(-1)).clamp(min=eps)
+    rest_new = (1 - logp.exp().sum(-1)).clamp(min=eps)
+    kl = kl + rest_ref * (rest_ref.log() - rest_new.log())
+    return kl.mean()
+
+
+# logits_of(indices into the generic texts) -> target-position logits [K, V], rows in order
+LogitsOf = Callable[[Sequence[int]], torch.Tensor]
+
+
+class Regularizer:
+    """The preservation and anchor terms; ``backward`` adds their gradient once per call."""
+
+    def __init__(self, hp, originals: Dict[str, torch.Tensor],
+                 reference: Optional[Reference] = None):
+        self.hp = hp
+        self.originals = originals
+        self.reference = reference
+        self.calls = 0
+        n = len(reference.examples) if reference else 0
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
+
+    @property
+    def examples(self) -> List[Encoded]:
+        return self.reference.examples if self.reference else []
+
+    def next_batch(self) -> List[int]:
+        """The generic texts of this step: consecutive slices of a fixed permutation."""
+        n, b = len(self.order), min(self.hp.preserve_batch, len(self.order))
+        start = (self.calls * b) % n
+        self.calls += 1
+        return [self.order[(start + j) % n] for j in range(b)]
+
+    def backward(self, subs: Dict[str, torch.Tensor], logits_of: LogitsOf) -> None:
+        terms = []
+        if self.hp.preserve_weight > 0 and self.reference is not None:
+            idx = self.next_batch()
+            logits = logits_of(idx)
+            ref_idx = torch.cat([self.reference.top_idx[i] for i in idx])
+            ref_logp = torch.cat([self.reference.top_logp[i] for i in idx])
+            terms.append(self.hp.preserve_weight * coarse_kl(ref_idx, ref_logp, logits))
+        if self.hp.anchor_weight > 0:
+            terms.append(self.hp.anchor_weight * sum(
+                ((subs[n].float() - w) ** 2).sum() for n, w in self.originals.items()))
+        if terms:
+            sum(terms).backward()
+
+
+def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor]) -> Optional[Regularizer]:
+    """None when every locality term is off."""
+    if hp.preserve_weight <= 0 and hp.anchor_weight <= 0:
+        return None
+    reference = None
+    if hp.preserve_weight > 0:
+        texts = sample_generic_text(model, tok, GENERIC_OPENINGS, hp.preserve_samples,
+                                    hp.preserve_new_tokens, hp.seed)
+        reference = reference_distributions(model, tok, texts, hp.preserve_topk)
+    originals = {n: m.detach().clone() for n, m in masters.items()}
+    return Regularizer(hp, originals, reference)
+
+
+def edit_loss(per_ex: torch.Tensor, denom: int, hp) -> Tuple[torch.Tensor, float]:
+    """``(what to backpropagate, what to report)`` for a micro-batch's per-example losses.
+    With ``per_example_stop`` an example already below ``loss_threshold`` gives no gradient."""
+    report = float(per_ex.detach().sum()) / denom
+    if getattr(hp, "per_example_stop", False):
+        per_ex = per_ex * (per_ex.detach() >= hp.loss_threshold)
+    return per_ex.sum() / denom, report
