@@ -50,6 +50,7 @@ DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json"}
 METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
 CAPABILITY_RECORDS = (1900, 2000)  # ZsRE loc questions never edited (N <= 1900)
+CAPABILITY_FRAME = "Question: {}?\nAnswer:"
 CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
 PPL_WINDOW, PPL_WINDOWS = 256, 16  # perplexity on 16 x 256 held-out tokens
 STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
@@ -194,7 +195,9 @@ def capability_questions():
 
     recs = read_json(DATA_DIR / DATA_FILES["zsre"])[slice(*CAPABILITY_RECORDS)]
     pairs = [from_zsre(r)["locality"]["neighborhood"] for r in recs if r.get("loc")]
-    return [p["prompt"] for p in pairs], [p["ground_truth"] for p in pairs]
+    # a QA frame: asked bare, the instruct model starts with a newline (an empty answer)
+    return ([CAPABILITY_FRAME.format(p["prompt"]) for p in pairs],
+            [p["ground_truth"] for p in pairs])
 
 
 def locft_hparams(method: str, model_arg: str, hparams_path: str):
@@ -220,8 +223,11 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
     path = HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["model_name"] = str(model_dir)
-    if model_arg == "tiny":  # 4 layers: the same relative depth as on the 30-layer model
-        cfg.update(layers=[2], lr=1e-2)
+    if model_arg == "tiny":  # 4 layers
+        cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]}}.get(
+            cfg["alg_name"], {"layers": [1, 2]}))
+        if "v_loss_layer" in cfg:
+            cfg["v_loss_layer"] = 3
     for key in ("stats_dir", "P_loc"):
         if cfg.get(key) == "auto":
             cfg[key] = str(stats_dir / "null_space_project.pt") if key == "P_loc" else str(stats_dir)
