@@ -176,7 +176,9 @@ def load(model_arg: str):
 
         tok = build_tokenizer()
         torch.manual_seed(0)
-        return build_tiny_model(len(tok)), tok, "tiny-llama"
+        model = build_tiny_model(len(tok))
+        model.config._name_or_path = "tiny-llama"  # EasyEdit's stats path is built from it
+        return model, tok, "tiny-llama"
     from locft_easyedit import load_model
     from locft_easyedit.models import resolve_model_name
 
