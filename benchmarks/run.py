@@ -277,7 +277,10 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
 
         hp = locft_hparams(method, model_arg, args.hparams)
         apply_locft_to_model(model, tok, requests, hp)
-        return (args.hparams if model_arg != "tiny" else "tiny (tests)"), extra
+        if model_arg == "tiny":
+            return "tiny (tests)", extra
+        path = Path(args.hparams).resolve()
+        return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), extra
     try:
         import easyeditor  # noqa: F401
         from easyeditor.util.alg_dict import ALG_DICT
