@@ -88,8 +88,11 @@ def generate_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 3
             for s in _batches(len(prompts), batch_size, "generating", progress):
                 enc = tok(list(prompts[s:s + batch_size]), return_tensors="pt", padding=True)
                 enc = {k: v.to(input_device(model)) for k, v in enc.items()}
+                # stop_strings ends a row at its first stop (the text is cut there anyway),
+                # so a batch ends when every row has answered, not after 32 tokens
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=pad_id_of(tok), eos_token_id=tok.eos_token_id)
+                                     pad_token_id=pad_id_of(tok), eos_token_id=tok.eos_token_id,
+                                     stop_strings=list(GEN_STOPS), tokenizer=tok)
                 for row in gen[:, enc["input_ids"].shape[1]:]:
                     text = tok.decode(row, skip_special_tokens=True)
                     for stop in GEN_STOPS:

@@ -1,0 +1,125 @@
+"""Markdown table and PNG plots from the JSON lines of ``benchmarks/run.py``.
+
+    python benchmarks/report.py benchmarks/results/edit_quality.jsonl --plots benchmarks/plots
+
+Prints one markdown table (one row per method x dataset x N x model, the latest run of each)
+and writes ``reliability_vs_n.png`` (reliability and generalization, token accuracy and
+generation exact match, per dataset) and ``seconds_per_edit_vs_n.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
+COLUMNS = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
+           ("generalization", "gen (tok)"), ("generalization_em", "gen (EM)"),
+           ("locality", "loc"), ("nq_token_acc_before", "NQ tok before"),
+           ("nq_token_acc_after", "NQ tok after"), ("nq_em_before", "NQ EM before"),
+           ("nq_em_after", "NQ EM after"), ("ppl_before", "ppl before"),
+           ("ppl_after", "ppl after"), ("seconds_per_edit", "s/edit"),
+           ("peak_rss_mb", "peak MB")]
+
+
+def load_rows(path) -> list:
+    latest = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[(r["method"], r["dataset"], r["n"], r["model"])] = r
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(latest.values(), key=lambda r: (r["model"], r["dataset"], r["n"],
+                                                  order.get(r["method"], 99)))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def table(rows) -> str:
+    head = ["dataset", "N", "method"] + [label for _, label in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        method = r["method"] + (" (stand-in)" if "implementation" in r else "")
+        cells = [r["dataset"], str(r["n"]), method] + [_fmt(r.get(k)) for k, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plots(rows, out_dir) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datasets = sorted({r["dataset"] for r in rows})
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
+    metrics = [("reliability", "reliability (token acc)"),
+               ("reliability_em", "reliability (generation EM)"),
+               ("generalization", "generalization (token acc)"),
+               ("generalization_em", "generalization (generation EM)")]
+
+    def series(ds, m, key):
+        pts = sorted((r["n"], r[key]) for r in rows
+                     if r["dataset"] == ds and r["method"] == m and r.get(key) is not None)
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def panel(ax, ds, key, title, log_y=False):
+        for m in methods:
+            x, y = series(ds, m, key)
+            if x:
+                ax.plot(x, y, marker="o", label=m)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{ds}: {title}", fontsize=9)
+        ax.set_xlabel("N edits (all scored after the last)")
+        ax.grid(alpha=0.3)
+
+    def save(fig, axes, name):
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        return out_dir / name
+
+    fig, axes = plt.subplots(len(datasets), len(metrics), squeeze=False,
+                             figsize=(4 * len(metrics), 3.4 * len(datasets)))
+    for i, ds in enumerate(datasets):
+        for j, (key, title) in enumerate(metrics):
+            panel(axes[i][j], ds, key, title)
+    first = save(fig, axes, "reliability_vs_n.png")
+    fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5 * len(datasets), 3.6))
+    for i, ds in enumerate(datasets):
+        panel(axes[0][i], ds, "seconds_per_edit", "seconds per edit (CPU)", log_y=True)
+    second = save(fig, axes, "seconds_per_edit_vs_n.png")
+    return [first, second]
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl", nargs="?",
+                    default=str(Path(__file__).resolve().parent / "results" / "edit_quality.jsonl"))
+    ap.add_argument("--plots", default=None, help="folder for the PNG plots")
+    args = ap.parse_args(argv)
+    rows = load_rows(args.jsonl)
+    text = table(rows)
+    print(text)
+    if args.plots:
+        for p in plots(rows, args.plots):
+            print(f"wrote {p}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

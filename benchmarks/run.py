@@ -1,0 +1,447 @@
+"""Lifelong editing benchmark: method x dataset x N (x model), the paper's protocol.
+
+All N edits are applied in order (LocFT-BF in one breadth-first call; LocFT-DF, FT-M and ROME
+one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
+``batch_size``), then EVERY edit is scored on the FINAL model:
+
+* reliability / generalization: EasyEdit's teacher-forced token accuracy (``reliability``,
+  ``generalization``) and the paper's greedy-generation exact match (``reliability_em``,
+  ``generalization_em``), on the prompts and their paraphrases;
+* locality: EasyEdit's neighbourhood score (argmax agreement before vs after);
+* capability retention: NQ answer accuracy on ZsRE ``loc`` questions that no run edits
+  (records 1900..1999 of zsre_2k.json; greedy generation EM vs ``loc_ans``, plus token
+  accuracy), and perplexity on held-out text (the last 10% of CPython's
+  ``pydoc_data.topics``), both before and after;
+* seconds per edit (editing only) and the peak resident memory of the run (ru_maxrss).
+
+Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
+appended to the JSON-lines file as soon as it finishes; rows already there are skipped.
+
+    python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
+    python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
+
+ROME, MEMIT and AlphaEdit need EasyEdit (run with its venv's python); their covariance
+statistics are computed offline from the first 90% of ``pydoc_data.topics`` and written into
+EasyEdit's own statistics cache, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # use this checkout's package without installing it
+    sys.path.insert(0, str(REPO))
+
+HERE = Path(__file__).resolve().parent
+DATA_DIR = Path(os.environ.get("LOCFT_SHARED_DATA") or next(
+    (p for p in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data")
+     if p.is_dir()), REPO.parent / "shared" / "data"))  # ../shared/data (also from a worktree)
+DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json"}
+METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
+EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
+CAPABILITY_RECORDS = (1900, 2000)  # ZsRE loc questions never edited (N <= 1900)
+CAPABILITY_FRAME = "Question: {}?\nAnswer:"
+CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
+PPL_WINDOW, PPL_WINDOWS = 256, 16  # perplexity on 16 x 256 held-out tokens
+STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
+EMBEDDED = "embedded:smollm2-135m"
+
+logger = logging.getLogger("benchmarks.run")
+
+
+# --- corpus -----------------------------------------------------------------------------------
+def corpus_parts():
+    """``(stats_text, heldout_text)``: pydoc_data.topics in sorted-key order, split by chars."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    cut = int(len(text) * CORPUS_SPLIT)
+    return text[:cut], text[cut:]
+
+
+def _token_chunks(tok, text: str, window: int, limit: int):
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = ids[: limit * window]
+    return [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
+
+
+def perplexity(model, tok) -> float:
+    import torch
+
+    from locft_easyedit.forward import input_device
+
+    chunks = _token_chunks(tok, corpus_parts()[1], PPL_WINDOW, PPL_WINDOWS)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for c in chunks:
+            ids = torch.tensor([c], device=input_device(model))
+            loss = model(input_ids=ids, labels=ids).loss
+            nll += float(loss) * (len(c) - 1)
+            count += len(c) - 1
+    return float(torch.exp(torch.tensor(nll / count)))
+
+
+def stats_cache_path(stats_dir: Path, model, layer_name: str, ds_name: str,
+                     precision: str, sample_size: int) -> Path:
+    """Where EasyEdit's ``layer_stats`` looks for its cached second moment."""
+    model_name = model.config._name_or_path.rsplit("/")[-1]
+    return (Path(stats_dir) / model_name / f"{ds_name}_stats" /
+            f"{layer_name}_{precision}_mom2_{sample_size}.npz")
+
+
+def ensure_stats(model, tok, hp) -> dict:
+    """Write Σxxᵀ of the input of every ``rewrite_module_tmp`` layer, from the statistics part
+    of pydoc_data.topics, into EasyEdit's cache (``mom2.mom2``, ``mom2.count``,
+    ``sample_size``), unless it is already there. Returns the corpus description."""
+    import numpy as np
+    import torch
+
+    names = [hp.rewrite_module_tmp.format(l) for l in hp.layers]
+    paths = {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset, hp.mom2_dtype,
+                                 hp.mom2_n_samples) for n in names}
+    info_path = Path(hp.stats_dir) / "corpus.json"
+    if all(p.is_file() for p in paths.values()) and info_path.is_file():
+        return json.loads(info_path.read_text())
+    # every layer up to the deepest one asked for, in one pass that stops there
+    top = max(hp.layers)
+    names = [hp.rewrite_module_tmp.format(l) for l in range(top + 1)]
+    paths = {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset, hp.mom2_dtype,
+                                 hp.mom2_n_samples) for n in names}
+    dtype = getattr(torch, hp.mom2_dtype)
+    acc = {n: [None, 0] for n in names}
+    mods = dict(model.named_modules())
+    state = {}
+
+    class _Stop(Exception):
+        pass
+
+    def hook(name):
+        def f(mod, inp):
+            x = inp[0][state["mask"]].to(dtype)
+            if acc[name][0] is None:
+                acc[name][0] = torch.zeros(x.shape[1], x.shape[1], dtype=dtype)
+            acc[name][0] += x.T @ x
+            acc[name][1] += x.shape[0]
+            if name == names[-1]:
+                raise _Stop
+        return f
+
+    chunks = _token_chunks(tok, corpus_parts()[0], 256, STATS_TOKENS // 256)
+    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        from tqdm.auto import tqdm
+        with torch.no_grad():
+            for c in tqdm(chunks, desc="covariance stats", unit="chunk"):
+                ids = torch.tensor([c])
+                state["mask"] = torch.ones_like(ids, dtype=torch.bool)
+                try:
+                    model(input_ids=ids)
+                except _Stop:  # nothing above the deepest statistics layer is needed
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    for n, (mom2, count) in acc.items():
+        paths[n].parent.mkdir(parents=True, exist_ok=True)
+        np.savez(paths[n], **{"mom2.constructor":
+                              np.array("easyeditor.util.runningstats.SecondMoment()"),
+                              "mom2.count": np.array(count), "mom2.mom2": mom2.numpy(),
+                              "sample_size": np.array(hp.mom2_n_samples)})
+    stats_text = corpus_parts()[0]
+    info = {"corpus": "pydoc_data.topics (CPython %s), sorted keys, first %d%% of %d chars"
+                      % (platform.python_version(), CORPUS_SPLIT * 100,
+                         len(stats_text) / CORPUS_SPLIT),
+            "tokens": sum(len(c) for c in chunks), "window": 256}
+    info_path.write_text(json.dumps(info))
+    return info
+
+
+# --- models, data, hparams ---------------------------------------------------------------------
+def load(model_arg: str):
+    """``(model, tok, model_dir)``; ``tiny`` is the in-memory random Llama of the tests."""
+    import torch
+
+    if model_arg == "tiny":
+        from locft_easyedit.synthetic import build_tiny_model, build_tokenizer
+
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        model = build_tiny_model(len(tok))
+        model.config._name_or_path = "tiny-llama"  # EasyEdit's stats path is built from it
+        return model, tok, "tiny-llama"
+    from locft_easyedit import load_model
+    from locft_easyedit.models import resolve_model_name
+
+    model, tok = load_model(model_arg)
+    return model, tok, resolve_model_name(model_arg)
+
+
+def requests_for(dataset: str, n: int):
+    from locft_easyedit import load_dataset
+
+    return load_dataset(DATA_DIR / DATA_FILES[dataset], dataset, n=n)
+
+
+def capability_questions():
+    from locft_easyedit.requests import from_zsre, read_json
+
+    recs = read_json(DATA_DIR / DATA_FILES["zsre"])[slice(*CAPABILITY_RECORDS)]
+    pairs = [from_zsre(r)["locality"]["neighborhood"] for r in recs if r.get("loc")]
+    # a QA frame: asked bare, the instruct model starts with a newline (an empty answer)
+    return ([CAPABILITY_FRAME.format(p["prompt"]) for p in pairs],
+            [p["ground_truth"] for p in pairs])
+
+
+def locft_hparams(method: str, model_arg: str, hparams_path: str):
+    from locft_easyedit import LocFTHyperParams
+
+    if model_arg == "tiny":
+        hp = LocFTHyperParams(model_name="tiny", layers=[2], lr=1e-2, num_epochs=60,
+                              mini_batch_size=8, device="cpu")
+    else:
+        hp = LocFTHyperParams.from_hparams(hparams_path)
+    if method == "locft-df":
+        hp = LocFTHyperParams.from_dict({**hp.to_dict(), "pipeline": "depth_first"})
+    return hp
+
+
+def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Path):
+    import yaml
+    from easyeditor import (AlphaEditHyperParams, FTHyperParams, MEMITHyperParams,
+                            ROMEHyperParams)
+
+    cls = {"ft-m": FTHyperParams, "rome": ROMEHyperParams, "memit": MEMITHyperParams,
+           "alphaedit": AlphaEditHyperParams}[method]
+    path = HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model_name"] = str(model_dir)
+    if model_arg == "tiny":  # 4 layers
+        cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]}}.get(
+            cfg["alg_name"], {"layers": [1, 2]}))
+        if "v_loss_layer" in cfg:
+            cfg["v_loss_layer"] = 3
+    for key in ("stats_dir", "P_loc"):
+        if cfg.get(key) == "auto":
+            cfg[key] = str(stats_dir / "null_space_project.pt") if key == "P_loc" else str(stats_dir)
+    for k, v in cfg.items():  # EasyEdit's from_hparams converts '5e-3'-style strings too
+        if isinstance(v, str) and v.replace(".", "", 1).replace("e-", "", 1).isdigit():
+            cfg[k] = float(v)
+    return cls(**cfg), str(path.relative_to(REPO))
+
+
+def stats_root() -> Path:
+    from locft_easyedit.models import cache_dir
+
+    return cache_dir() / "easyedit_stats"
+
+
+# --- one row ---------------------------------------------------------------------------------
+def baseline(model, tok, model_arg: str, out: Path) -> dict:
+    """Capability before editing (NQ EM / token acc, held-out perplexity), cached per model."""
+    path = out.parent / f"baseline_{model_arg.replace(':', '_')}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res = capability(model, tok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res))
+    return res
+
+
+def capability(model, tok) -> dict:
+    from locft_easyedit.evaluate import exact_match, token_accuracy
+
+    qs, ans = capability_questions()
+    em = exact_match(model, tok, qs, ans, progress=True)
+    acc = token_accuracy(model, tok, qs, ans)
+    return {"nq_em": sum(em) / len(em), "nq_token_acc": sum(acc) / len(acc),
+            "nq_questions": len(qs), "ppl": perplexity(model, tok)}
+
+
+def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
+    """Apply all edits in order; returns ``(hparams description, extra fields)``."""
+    from tqdm.auto import tqdm
+
+    extra = {}
+    if method in ("locft-bf", "locft-df"):
+        from locft_easyedit import apply_locft_to_model
+
+        hp = locft_hparams(method, model_arg, args.hparams)
+        apply_locft_to_model(model, tok, requests, hp)
+        if model_arg == "tiny":
+            return "tiny (tests)", extra
+        path = Path(args.hparams).resolve()
+        return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), extra
+    try:
+        import easyeditor  # noqa: F401
+        from easyeditor.util.alg_dict import ALG_DICT
+    except Exception as exc:  # noqa: BLE001
+        if method != "ft-m":
+            raise
+        # Without EasyEdit: FT-M's algorithm (depth-first, each edit alone for num_steps
+        # steps of Adam on the target tokens) through LocFT's depth-first pipeline.
+        from locft_easyedit import LocFTHyperParams, apply_locft_to_model
+
+        base = locft_hparams("locft-df", model_arg, args.hparams).to_dict()
+        base.update(pipeline="depth_first", num_epochs=25, mini_batch_size=1, append_eos=False)
+        apply_locft_to_model(model, tok, requests, LocFTHyperParams.from_dict(base))
+        extra["implementation"] = ("stand-in: LocFT depth_first with FT-M's steps, no EOS "
+                                   f"(EasyEdit not importable: {type(exc).__name__})")
+        return "ft-m stand-in", extra
+    stats_dir = stats_root() / ("tiny" if model_arg == "tiny" else "embedded")
+    stats_dir.mkdir(parents=True, exist_ok=True)
+    hp, hp_path = easyedit_hparams(method, model_arg, model_dir, stats_dir)
+    if getattr(hp, "mom2_adjustment", False):
+        extra["stats"] = ensure_stats(model, tok, hp)
+    os.chdir(stats_dir)  # EasyEdit writes ./logs and AlphaEdit's null_space_project.pt here
+    fn = ALG_DICT[EASYEDIT_METHODS[method]]
+    # EasyEdit's BaseEditor pads left for FT, right for ROME/MEMIT/AlphaEdit
+    tok.padding_side = "left" if method == "ft-m" else "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    size = 1 if method in ("ft-m", "rome") else hp.batch_size
+    chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
+    kw = {"reset_cache": True}  # AlphaEdit: fresh cache_c for this run
+    for chunk in tqdm(chunks, desc=f"{method} edits", unit="call"):
+        kwargs = dict(kw) if method == "alphaedit" else {}
+        fn(model, tok, copy.deepcopy(chunk), hp, copy=False, return_orig_weights=False,
+           keep_original_weight=True, **kwargs)
+        kw = {}
+    extra["easyedit_calls"] = len(chunks)
+    return hp_path, extra
+
+
+def run_one(args) -> dict:
+    import torch
+
+    from locft_easyedit.evaluate import evaluate_requests, locality_snapshot
+
+    method, dataset, n = args.one
+    n = int(n)
+    torch.manual_seed(0)
+    model, tok, model_dir = load(args.model)
+    model.eval()
+    requests = requests_for(dataset, n)
+    out = Path(args.out).resolve()
+    before_cap = baseline(model, tok, args.model, out)
+    loc_before = locality_snapshot(model, tok, requests)
+    t0 = time.perf_counter()
+    hp_desc, extra = apply_edits(method, model, tok, requests, args.model, model_dir, args)
+    seconds = time.perf_counter() - t0
+    model.eval()
+    post = evaluate_requests(model, tok, requests, loc_before, generation=True, progress=True)
+    after_cap = capability(model, tok)
+    return {"method": method, "dataset": dataset, "n": n, "model": args.model,
+            "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
+            "nq_em_before": before_cap["nq_em"], "nq_em_after": after_cap["nq_em"],
+            "nq_token_acc_before": before_cap["nq_token_acc"],
+            "nq_token_acc_after": after_cap["nq_token_acc"],
+            "nq_questions": after_cap["nq_questions"],
+            "ppl_before": before_cap["ppl"], "ppl_after": after_cap["ppl"],
+            "ppl_text": f"pydoc_data.topics last {100 - CORPUS_SPLIT * 100:.0f}%, "
+                        f"{PPL_WINDOWS}x{PPL_WINDOW} tokens",
+            "seconds": seconds, "seconds_per_edit": seconds / n,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, "
+                       f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+            "date": time.strftime("%Y-%m-%d %H:%M"), **extra}
+
+
+# --- the sweep -------------------------------------------------------------------------------
+def finished(out: Path) -> set:
+    done = set()
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done.add((r["method"], r["dataset"], r["n"], r["model"]))
+    return done
+
+
+def easyedit_available(python: str) -> str | None:
+    """None if ``python`` imports easyeditor, else the reason."""
+    r = subprocess.run([python, "-c", "import easyeditor"], capture_output=True, text=True)
+    if r.returncode == 0:
+        return None
+    lines = (r.stderr or r.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit {r.returncode}"
+
+
+def main(argv=None) -> list:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--datasets", nargs="+", default=["zsre"], choices=sorted(DATA_FILES))
+    ap.add_argument("--n", nargs="+", type=int, default=[100])
+    ap.add_argument("--model", default=EMBEDDED, help="embedded:smollm2-135m, a local folder, "
+                                                      "or 'tiny' (random, for tests)")
+    ap.add_argument("--hparams", default=str(REPO / "hparams" / "smollm2-135m.yaml"),
+                    help="LocFT YAML for locft-bf / locft-df")
+    ap.add_argument("--out", default=str(HERE / "results" / "edit_quality.jsonl"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter for the runs (e.g. the EasyEdit venv's python)")
+    ap.add_argument("--one", nargs=3, metavar=("METHOD", "DATASET", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.one:
+        row = run_one(args)
+        print("ROW " + json.dumps(row), flush=True)
+        return [row]
+
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = finished(out)
+    missing = easyedit_available(args.python)
+    grid = [(m, d, n) for n in args.n for d in args.datasets for m in args.methods]
+    rows = []
+    from tqdm.auto import tqdm
+
+    for method, dataset, n in tqdm(grid, desc="benchmark rows", unit="row"):
+        if (method, dataset, n, args.model) in done:
+            logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
+            continue
+        if missing and method in ("rome", "memit", "alphaedit"):
+            logger.warning("skip %s: EasyEdit is not importable with %s (%s)", method,
+                           args.python, missing)
+            continue
+        cmd = [args.python, str(Path(__file__).resolve()), "--one", method, dataset, str(n),
+               "--model", args.model, "--hparams", str(Path(args.hparams).resolve()),
+               "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
+                    if line.startswith("ROW ")), None)
+        if proc.returncode != 0 or row is None:
+            logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
+                         proc.returncode)
+            continue
+        row["command"] = " ".join(["python", "benchmarks/run.py", "--methods", method,
+                                   "--datasets", dataset, "--n", str(n), "--model", args.model]
+                                  + (["--threads", str(args.threads)] if args.threads else []))
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+        logger.info("%s %s N=%d: rel %.3f (EM %.3f) gen %.3f (EM %.3f) loc %.3f, %.2f s/edit",
+                    method, dataset, n, row["reliability"], row["reliability_em"],
+                    row.get("generalization", float("nan")),
+                    row.get("generalization_em", float("nan")),
+                    row.get("locality", float("nan")), row["seconds_per_edit"])
+    return rows
+
+
+if __name__ == "__main__":
+    main()
