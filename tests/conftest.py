@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,19 @@ def zsre_path():
 
 def state_snapshot(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextmanager
+def nan_at_forward(model, call: int = 3):
+    """The ``call``-th forward of the last decoder layer's MLP outputs NaN (a diverging run)."""
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == call else output
+
+    handle = model.model.layers[-1].mlp.register_forward_hook(poison)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -13,7 +13,7 @@ from locft_easyedit.adapters import (execute_adapter, has_adapters, load_adapter
                                      remove_adapter, save_adapter)
 from locft_easyedit.evaluate import token_accuracy
 
-from conftest import state_snapshot
+from conftest import nan_at_forward, state_snapshot
 
 DOWN = "model.layers.2.mlp.down_proj"
 # Merged vs unmerged adapter: float32 reassociation only (measured max |diff| ~1e-6 on logits
@@ -201,18 +201,8 @@ def test_save_adapter_to_keyword_keeps_adapter_of_merged_edit(tiny_model, tiny_t
 
 def test_failure_removes_the_adapter_and_restores_flags(tiny_model, tiny_tok, facts, lora_hp):
     before = state_snapshot(tiny_model)
-    calls = {"n": 0}
-
-    def poison(module, args, output):  # the 3rd forward produces NaN
-        calls["n"] += 1
-        return output * float("nan") if calls["n"] == 3 else output
-
-    handle = tiny_model.model.layers[3].mlp.register_forward_hook(poison)
-    try:
-        with pytest.raises(TrainingDiverged):
-            apply_locft_to_model(tiny_model, tiny_tok, facts, lora_hp, progress=False)
-    finally:
-        handle.remove()
+    with nan_at_forward(tiny_model), pytest.raises(TrainingDiverged):
+        apply_locft_to_model(tiny_model, tiny_tok, facts, lora_hp, progress=False)
     assert not has_adapters(tiny_model) and not hasattr(tiny_model, "peft_config")
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
     assert all(p.requires_grad for p in tiny_model.parameters())

@@ -9,7 +9,7 @@ from locft_easyedit import (LocFTHyperParams, RequestError, TrainingDiverged,
                             apply_locft_to_model, execute_locft, restore_weights)
 from locft_easyedit.evaluate import token_accuracy
 
-from conftest import state_snapshot
+from conftest import nan_at_forward, state_snapshot
 
 DOWN = "model.layers.2.mlp.down_proj.weight"
 
@@ -161,18 +161,8 @@ def test_bad_requests(tiny_model, tiny_tok, tiny_hp, requests, message):
 
 def test_nan_loss_stops_and_leaves_model_unchanged(tiny_model, tiny_tok, facts, tiny_hp):
     before = state_snapshot(tiny_model)
-    calls = {"n": 0}
-
-    def poison(module, args, output):  # the 3rd forward produces NaN
-        calls["n"] += 1
-        return output * float("nan") if calls["n"] == 3 else output
-
-    handle = tiny_model.model.layers[3].mlp.register_forward_hook(poison)
-    try:
-        with pytest.raises(TrainingDiverged, match="Lower lr"):
-            apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, progress=False)
-    finally:
-        handle.remove()
+    with nan_at_forward(tiny_model), pytest.raises(TrainingDiverged, match="Lower lr"):
+        apply_locft_to_model(tiny_model, tiny_tok, facts, tiny_hp, progress=False)
     assert changed(before, tiny_model) == []
 
 
