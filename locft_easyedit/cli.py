@@ -132,8 +132,13 @@ def _shorten(text: str, width: int) -> str:
 
 def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
                     patch_out: Optional[str] = None, save_model: Optional[str] = None,
-                    table_rows: int = 30) -> dict:
-    """Edit, print a before/after table and the summary line; write the patch / model."""
+                    table_rows: int = 30, adapter_out: Optional[str] = None) -> dict:
+    """Edit, print a before/after table and the summary line; write the patch, the adapter
+    (``tuning: lora | adalora``, peft's format) and/or the model."""
+    if patch_out and hp.tuning != "full" and not hp.lora_merge:
+        raise BadInput(f"tuning: {hp.tuning} without lora_merge leaves the base weights "
+                       "unchanged, so there is no patch to write: use --adapter-out DIR "
+                       "(or set lora_merge: true)")
     from .evaluate import evaluate_requests, generate_answers, locality_snapshot
     from .locft_main import apply_locft_to_model
     from .patch import save_patch
@@ -143,8 +148,10 @@ def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
     old = generate_answers(model, tok, prompts, progress=progress)
     loc_before = locality_snapshot(model, tok, requests, progress=progress)
     t0 = time.perf_counter()
+    extra = {"save_adapter_to": adapter_out} if adapter_out else {}
     model, weights_copy = apply_locft_to_model(model, tok, requests, hp,
-                                               return_orig_weights=True, progress=progress)
+                                               return_orig_weights=True, progress=progress,
+                                               **extra)
     seconds = time.perf_counter() - t0
     new = generate_answers(model, tok, prompts, progress=progress)
     scores = evaluate_requests(model, tok, requests, loc_before, progress=progress)
@@ -165,6 +172,10 @@ def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
                    hparams=hp.to_dict(), requests=requests, model_class=type(model).__name__)
         logger.info("wrote the edit patch %s", patch_out)
     if save_model:
+        if hasattr(model, "merge_and_unload"):  # an unmerged adapter: save the merged model
+            from .adapters import merge_adapter
+
+            model, _ = merge_adapter(model)
         _save_model(model, tok, save_model)
     return {**summary, "token_reliability": scores["reliability"],
             "token_generalization": scores.get("generalization")}
@@ -187,9 +198,13 @@ def cmd_run(args) -> int:
         raise BadInput("give either --requests FILE or --dataset NAME --data PATH")
     if args.dataset and not args.data:
         raise BadInput("--dataset needs --data PATH (the dataset's JSON file)")
+    if not (args.patch_out or args.adapter_out or args.save_model):
+        raise BadInput("nothing to write: give --patch-out FILE, --adapter-out DIR (adapter "
+                       "tuning) and/or --save-model DIR")
     _check_writable(args.patch_out, "--patch-out")
-    if args.save_model and Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
-        raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
+    for flag, value in (("--save-model", args.save_model), ("--adapter-out", args.adapter_out)):
+        if value and Path(value).exists() and any(Path(value).iterdir()):
+            raise BadInput(f"{flag} {value}: folder exists and is not empty")
     requests = (load_requests(args.requests) if args.requests
                 else validate_requests(load_dataset(args.data, args.dataset, n=args.n)))
     hp = _load_hparams(args.hparams, args.model)
@@ -198,9 +213,12 @@ def cmd_run(args) -> int:
     if distributed.init_from_env() and distributed.rank() != 0:
         # data-parallel under torchrun: every rank trains; only rank 0 prints and writes
         sys.stdout = open(os.devnull, "w")
-        args.quiet, args.patch_out, args.save_model = True, None, None
+        args.quiet, args.patch_out, args.save_model, args.adapter_out = True, None, None, None
+    if args.adapter_out and hp.tuning == "full":
+        raise BadInput("--adapter-out needs adapter tuning (tuning: lora or adalora in the hparams)")
     model, tok = _load_model(hp.model_name, hp, args.quiet)
-    edit_and_report(model, tok, requests, hp, args.quiet, args.patch_out, args.save_model)
+    edit_and_report(model, tok, requests, hp, args.quiet, args.patch_out, args.save_model,
+                    adapter_out=args.adapter_out)
     return 0
 
 
@@ -208,10 +226,25 @@ def _patch_cmd(args, action) -> int:
     from .models import resolve_model_name
     from .patch import load_patch
 
-    load_patch(args.patch)  # refuse a bad file before loading a model
+    adapter = Path(args.patch).is_dir()
+    if adapter:  # a peft adapter folder written by `run --adapter-out`
+        if args.command == "revert":
+            raise BadInput(f"{args.patch} is an adapter: applying it merged it into a copy of "
+                           "the base model; keep the base model instead of reverting")
+        if not (Path(args.patch) / "adapter_config.json").is_file():
+            raise BadInput(f"{args.patch}: no adapter_config.json (not a peft adapter folder)")
+    else:
+        load_patch(args.patch)  # refuse a bad file before loading a model
     if Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
         raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
     model, tok = _load_model(resolve_model_name(args.model), None, args.quiet)
+    if adapter:
+        from .adapters import load_adapter
+
+        model, originals = load_adapter(model, args.patch, merge=True)
+        _save_model(model, tok, args.save_model)
+        print(f"apply: adapter merged into {len(originals)} tensor(s) -> {args.save_model}")
+        return 0
     meta = action(model, args.patch)
     _save_model(model, tok, args.save_model)
     print(f"{args.command}: {len(json.loads(meta['parameters']))} tensor(s), "
@@ -265,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="local model folder or 'embedded:smollm2-135m' "
                                    "(default: the hparams' model_name)")
     r.add_argument("--hparams", help=f"hparams YAML (default {DEFAULT_HPARAMS.name})")
-    r.add_argument("--patch-out", required=True, help="where to write the edit patch "
-                                                      "(.safetensors)")
+    r.add_argument("--patch-out", help="where to write the edit patch (.safetensors)")
+    r.add_argument("--adapter-out", help="tuning lora/adalora: where to write the adapter "
+                                         "(peft's format; `apply` merges it into a model)")
     r.add_argument("--save-model", help="also save the edited model to this new folder")
 
     for name, text, func in (("apply", "Apply an edit patch to a model and save the result.",
@@ -274,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("revert", "Undo an edit patch (bit-exact) and save the result.",
                               cmd_revert)):
         a = add(name, text, func)
-        a.add_argument("patch", help="the patch file (.safetensors)")
+        a.add_argument("patch", help="the patch file (.safetensors), or for apply an adapter "
+                                     "folder written by run --adapter-out")
         a.add_argument("--model", default="embedded:smollm2-135m", help="model folder")
         a.add_argument("--save-model", required=True, help="new folder for the result")
     return p

@@ -129,3 +129,23 @@ def test_demo_on_embedded_model(embedded, capsys):
     fields = dict(kv.split("=") for kv in lines[-1].split())
     assert set(fields) == {"reliability", "generalization", "locality", "seconds"}
     assert float(fields["reliability"]) >= 0.8
+
+
+def test_adapter_out_and_apply(tmp_path, tiny_dir, tiny_files, tiny_hp, capsys):
+    """tuning: lora writes a peft adapter; `apply` merges it into a model and saves that."""
+    _, edits = tiny_files
+    hp = tmp_path / "lora.yaml"
+    hp.write_text(yaml.safe_dump(tiny_hp.to_dict() | {"tuning": "lora", "num_epochs": 20}))
+    adapter, merged = tmp_path / "adapter", tmp_path / "merged"
+    assert main(["--quiet", "run", "--requests", str(edits), "--hparams", str(hp), "--model",
+                 str(tiny_dir), "--adapter-out", str(adapter)]) == 0
+    assert (adapter / "adapter_config.json").is_file()
+    # no base tensor changes without a merge, so a patch is refused with a pointer
+    assert main(["--quiet", "run", "--requests", str(edits), "--hparams", str(hp), "--model",
+                 str(tiny_dir), "--patch-out", str(tmp_path / "p.safetensors")]) == 2
+    assert "--adapter-out" in capsys.readouterr().err
+    assert main(["--quiet", "apply", str(adapter), "--model", str(tiny_dir),
+                 "--save-model", str(merged)]) == 0
+    base, after = tensors(tiny_dir), tensors(merged)
+    assert sorted(k for k in base if not torch.equal(base[k], after[k])) == \
+        ["model.layers.2.mlp.down_proj.weight"]
