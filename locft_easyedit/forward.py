@@ -147,7 +147,13 @@ class FastLoss:
         plain_head = not any(getattr(cfg, a, None) for a in ("final_logit_softcapping",
                                                             "logit_scale", "output_mult"))
         self.base_prefix = prefix + "."
+        # a trained tensor tied to the output head (e.g. tied input embeddings) must reach the
+        # head through the substitution, which only the full forward does
+        params = dict(model.named_parameters(remove_duplicate=False))
+        head_tied = self.head is not None and any(
+            params[n] is self.head.weight for n in trained if n in params)
         self.head_only = (self.base is not None and self.head is not None and plain_head
+                          and not head_tied
                           and all(n.startswith(self.base_prefix) for n in trained))
         if not self.head_only:
             logger.info("target-only logits unavailable for this model; using full logits")

@@ -186,3 +186,14 @@ def test_interrupt_leaves_model_unchanged(tiny_model, tiny_tok, facts, tiny_hp):
     assert all(p.requires_grad for p in tiny_model.parameters())
     assert len(tiny_model.model.layers) == 4 and all(
         type(l).__name__ == "LlamaDecoderLayer" for l in tiny_model.model.layers)
+
+
+def test_fast_equals_reference_when_training_tied_embeddings(tiny_model, tiny_tok, facts, tiny_hp):
+    """The tiny model ties lm_head to embed_tokens: training the embeddings must move the
+    output head too, in the fast path as in the reference."""
+    hp = dataclasses.replace(tiny_hp, layers=[0], rewrite_module_tmp="model.embed_tokens.weight",
+                             num_epochs=3)
+    fast, rf = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    ref, rr = execute_locft(tiny_model, tiny_tok, facts,
+                            dataclasses.replace(hp, implementation="reference"), progress=False)
+    assert rf.epoch_losses == pytest.approx(rr.epoch_losses, rel=1e-5)
