@@ -58,24 +58,13 @@ def _load_hparams(path: Optional[str], model: Optional[str]):
     hp_path = Path(path) if path else DEFAULT_HPARAMS
     if not path and not hp_path.is_file():
         raise BadInput(f"no default hparams at {hp_path}; pass --hparams YAML")
-    raw = LocFTHyperParams.from_dict(_read_yaml(hp_path), source=str(hp_path))
+    hp = LocFTHyperParams.from_hparams(hp_path, resolve=False)  # --model may replace the name
     if model:
-        raw.model_name = model
+        hp.model_name = model
     from .models import resolve_model_name
 
-    raw.model_name = resolve_model_name(raw.model_name)
-    return raw
-
-
-def _read_yaml(path: Path):
-    import yaml
-
-    if not path.is_file():
-        raise BadInput(f"hparams file {str(path)!r} does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    hp.model_name = resolve_model_name(hp.model_name)
+    return hp
 
 
 def _load_model(name: str, hp=None, quiet: bool = False):

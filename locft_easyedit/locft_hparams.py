@@ -172,9 +172,10 @@ class LocFTHyperParams(_Base):
 
     # --- EasyEdit's interface -------------------------------------------------------------
     @classmethod
-    def from_hparams(cls, hparams_name_or_path: Union[str, Path]) -> "LocFTHyperParams":
-        """Read a YAML (or JSON) file; ``.yaml`` may be left off. ``embedded:`` model names
-        are resolved to the cached folder of the embedded model."""
+    def from_hparams(cls, hparams_name_or_path: Union[str, Path],
+                     resolve: bool = True) -> "LocFTHyperParams":
+        """Read a YAML (or JSON) file; ``.yaml`` may be left off. With ``resolve`` (the
+        default), ``embedded:`` model names become the cached folder of the embedded model."""
         path = Path(str(hparams_name_or_path))
         if path.suffix not in (".yaml", ".yml", ".json"):
             path = Path(str(path) + ".yaml")
@@ -189,9 +190,10 @@ class LocFTHyperParams(_Base):
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
         hp = cls.from_dict(config, source=str(path))
-        from .models import resolve_model_name  # lazy: keeps this module light
+        if resolve:
+            from .models import resolve_model_name  # lazy: keeps this module light
 
-        hp.model_name = resolve_model_name(hp.model_name)
+            hp.model_name = resolve_model_name(hp.model_name)
         return hp
 
     @classmethod
