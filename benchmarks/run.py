@@ -15,7 +15,8 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
 * seconds per edit (editing only) and the peak resident memory of the run (ru_maxrss).
 
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
-appended to the JSON-lines file as soon as it finishes; rows already there are skipped.
+appended to the JSON-lines file as soon as it finishes; rows already there with the same
+settings (SHA-256 of the YAML the row runs with) are skipped, so a sweep can be resumed.
 
     python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
     python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -327,6 +329,7 @@ def run_one(args) -> dict:
 
     method, dataset, n = args.one
     n = int(n)
+    load_at_start = os.getloadavg()[0]  # other jobs on the machine slow every timing
     torch.manual_seed(0)
     model, tok, model_dir = load(args.model)
     model.eval()
@@ -354,17 +357,30 @@ def run_one(args) -> dict:
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, "
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+            "load_avg_1min_at_start": load_at_start,
             "date": time.strftime("%Y-%m-%d %H:%M"), **extra}
 
 
 # --- the sweep -------------------------------------------------------------------------------
+def settings_digest(method: str, locft_yaml: str) -> str:
+    """First 12 hex digits of the SHA-256 of the settings file a row runs with (the LocFT YAML
+    for locft-bf/-df, the EasyEdit YAML otherwise), so editing a YAML re-runs its rows."""
+    path = (Path(locft_yaml) if method.startswith("locft")
+            else HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def row_key(r: dict) -> tuple:
+    return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"))
+
+
 def finished(out: Path) -> set:
+    """Keys of the rows already in ``out`` (rows made with other settings do not count)."""
     done = set()
     if out.is_file():
         for line in out.read_text().splitlines():
             if line.strip():
-                r = json.loads(line)
-                done.add((r["method"], r["dataset"], r["n"], r["model"]))
+                done.add(row_key(json.loads(line)))
     return done
 
 
@@ -412,7 +428,8 @@ def main(argv=None) -> list:
     from tqdm.auto import tqdm
 
     for method, dataset, n in tqdm(grid, desc="benchmark rows", unit="row"):
-        if (method, dataset, n, args.model) in done:
+        digest = settings_digest(method, args.hparams)
+        if (method, dataset, n, args.model, digest) in done:
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in ("rome", "memit", "alphaedit"):
@@ -429,6 +446,7 @@ def main(argv=None) -> list:
             logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
                          proc.returncode)
             continue
+        row["settings_sha256"] = digest
         row["command"] = " ".join(["python", "benchmarks/run.py", "--methods", method,
                                    "--datasets", dataset, "--n", str(n), "--model", args.model]
                                   + (["--threads", str(args.threads)] if args.threads else []))

@@ -68,3 +68,19 @@ def test_report_table_and_plots(rows, tmp_path):
     assert text.count("\n| zsre | 10 |") == 2
     for name in ("reliability_vs_n.png", "seconds_per_edit_vs_n.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_changed_settings_rerun_the_row(rows, tmp_path):
+    """A row counts as finished only for the settings file it ran with: editing the YAML
+    (even a comment) makes the next sweep run it again."""
+    out, got, run, _ = rows
+    bf = got[0]
+    shipped = REPO / "hparams" / "smollm2-135m.yaml"
+    assert bf["settings_sha256"] == run.settings_digest("locft-bf", str(shipped))
+    assert run.row_key(bf) in run.finished(out)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(shipped.read_text() + "\n# edited\n")
+    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(edited)))
+    assert key != run.row_key(bf) and key not in run.finished(out)
+    ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
+    assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(edited))
