@@ -16,6 +16,11 @@ any moment leaves either the previous checkpoint or the new one, never half a fi
 Resuming restores all of it, so a resumed run takes exactly the steps an uninterrupted one
 would: on the same device the final deltas are identical. When training ends the final
 state is saved too, so running the same edit again returns at once with the same result.
+
+Data-parallel runs (:mod:`locft_easyedit.distributed`): every process holds the same state,
+so only rank 0 writes; every rank reads. ``checkpoint_dir`` must therefore be a folder all
+ranks see (a shared filesystem); before training the ranks compare what they loaded and a
+run whose ranks would start from different positions is refused.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from . import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +93,7 @@ class Checkpointer:
         self.every_s = None if hp.checkpoint_every_minutes is None \
             else 60.0 * hp.checkpoint_every_minutes
         self.fingerprint = fingerprint(hp, examples, params)
+        self.writer = distributed.rank() == 0  # data parallel: identical states, one writer
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -93,8 +101,8 @@ class Checkpointer:
                                   f"{exc}") from None
         if not os.access(self.dir, os.W_OK):
             raise CheckpointError(f"key 'checkpoint_dir': {str(self.dir)!r} is not writable")
-        for stale in self.dir.glob(f".{FILENAME}.*.tmp"):  # left by a killed save
-            stale.unlink(missing_ok=True)
+        for stale in self.dir.glob(f".{FILENAME}.*.tmp") if self.writer else ():
+            stale.unlink(missing_ok=True)  # left by a killed save
         self.state = self._load() if hp.resume and self.path.exists() else None
         if self.path.exists() and not hp.resume:
             logger.warning("resume is false: checkpoint %s will be overwritten", self.path)
@@ -148,6 +156,8 @@ class Checkpointer:
 
     def save(self, pos: Position, masters: Dict[str, torch.Tensor],
              opt: Optional[torch.optim.Optimizer], res) -> None:
+        if not self.writer:
+            return
         state = {"format": FORMAT, "fingerprint": self.fingerprint,
                  "masters": {n: m.detach().cpu() for n, m in masters.items()},
                  "optimizer": None if opt is None else opt.state_dict(),
@@ -177,4 +187,25 @@ def open_checkpoint(hp, examples: Sequence, params: Dict[str, torch.Tensor]
     ``checkpoint_dir`` is null. Call before any training: every refusal happens here."""
     if getattr(hp, "checkpoint_dir", None) is None:
         return None
-    return Checkpointer(hp, examples, params)
+    ckpt = Checkpointer(hp, examples, params)
+    if distributed.is_active():
+        _ranks_agree(ckpt)
+    return ckpt
+
+
+def _ranks_agree(ckpt: Checkpointer) -> None:
+    """Data parallel: every rank must resume from the same place (or all start afresh)."""
+    import torch.distributed as dist
+
+    s = ckpt.state
+    mine = torch.tensor([-1, -1] if s is None else [s["epoch"], s["batch"]], dtype=torch.int64)
+    low, high = mine.clone(), mine.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        found = "no checkpoint" if s is None else f"epoch {s['epoch']}, mini-batch {s['batch']}"
+        raise CheckpointError(
+            f"data-parallel ranks disagree on checkpoint {ckpt.path}: rank "
+            f"{distributed.rank()} found {found}, another rank found something else. "
+            "checkpoint_dir must be one folder that every rank sees (a shared filesystem); "
+            "or delete the checkpoint, or set resume: false, to start over")

@@ -45,3 +45,55 @@ def test_two_processes_match_one(tmp_path, impl="fast"):
         d1, d2 = one[name] - base[name], two[name] - base[name]
         # float summation order differs (two partial sums + all_reduce): measured ~1e-6
         assert float((d1 - d2).norm() / d1.norm()) <= 1e-4
+
+
+def _ckpt_worker(rank, world, init_file, out_file, dirs):
+    """One data-parallel run with checkpoints in ``dirs[rank]``; saves the deltas or the error."""
+    import torch.distributed as dist
+
+    from locft_easyedit.checkpoint import CheckpointError
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, tok, facts = tiny_setup(32)
+        hp = LocFTHyperParams(**HP, checkpoint_dir=dirs[rank])
+        try:
+            new, res = execute_locft(model, tok, facts, hp, progress=False)
+            torch.save({"deltas": new, "steps": res.steps}, f"{out_file}.{rank}")
+        except CheckpointError as exc:
+            torch.save({"error": str(exc)}, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_ckpt(tmp_path, tag, dirs):
+    out = str(tmp_path / f"{tag}.pt")
+    mp.start_processes(_ckpt_worker, args=(2, str(tmp_path / f"rdzv-{tag}"), out, dirs),
+                       nprocs=2, join=True, start_method="spawn")
+    return [torch.load(f"{out}.{r}") for r in range(2)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file:// rendezvous tested on Linux only")
+def test_data_parallel_checkpoint_one_writer_and_resume(tmp_path):
+    shared = str(tmp_path / "shared-ckpt")
+    first = _run_ckpt(tmp_path, "first", [shared, shared])
+    names = sorted(os.listdir(shared))
+    assert names == ["locft-checkpoint.pt"]  # one file, no temporary left behind
+    again = _run_ckpt(tmp_path, "again", [shared, shared])  # resumes from the final state
+    for r in range(2):
+        for name, w in first[r]["deltas"].items():
+            assert torch.equal(again[r]["deltas"][name], w)
+        assert again[r]["steps"] == first[r]["steps"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file:// rendezvous tested on Linux only")
+def test_data_parallel_ranks_that_see_different_checkpoints_are_refused(tmp_path):
+    # a checkpoint_dir that is not shared: each rank has its own folder
+    dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    _run_ckpt(tmp_path, "first", dirs)
+    assert os.listdir(dirs[0]) == ["locft-checkpoint.pt"] and os.listdir(dirs[1]) == []
+    refused = _run_ckpt(tmp_path, "resume", dirs)
+    for r in range(2):
+        assert "ranks disagree" in refused[r]["error"]
+        assert "shared filesystem" in refused[r]["error"]
