@@ -57,6 +57,7 @@ CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10
 PPL_WINDOW, PPL_WINDOWS = 256, 16  # perplexity on 16 x 256 held-out tokens
 STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
 EMBEDDED = "embedded:smollm2-135m"
+SAMPLE_ANSWERS = 8  # each row keeps the greedy answers to its first 8 edit prompts
 
 logger = logging.getLogger("benchmarks.run")
 
@@ -325,7 +326,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
 def run_one(args) -> dict:
     import torch
 
-    from locft_easyedit.evaluate import evaluate_requests, locality_snapshot
+    from locft_easyedit.evaluate import evaluate_requests, generate_answers, locality_snapshot
 
     method, dataset, n = args.one
     n = int(n)
@@ -342,6 +343,8 @@ def run_one(args) -> dict:
     seconds = time.perf_counter() - t0
     model.eval()
     post = evaluate_requests(model, tok, requests, loc_before, generation=True, progress=True)
+    sample = requests[:SAMPLE_ANSWERS]  # what greedy generation actually says, to read
+    answers = generate_answers(model, tok, [r["prompt"] for r in sample])
     after_cap = capability(model, tok)
     return {"method": method, "dataset": dataset, "n": n, "model": args.model,
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
@@ -358,7 +361,9 @@ def run_one(args) -> dict:
             "machine": f"{platform.machine()} {os.cpu_count()} cores, "
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "load_avg_1min_at_start": load_at_start,
-            "date": time.strftime("%Y-%m-%d %H:%M"), **extra}
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "answers_sample": [{"prompt": r["prompt"], "target": r["target_new"], "answer": a}
+                               for r, a in zip(sample, answers)], **extra}
 
 
 # --- the sweep -------------------------------------------------------------------------------

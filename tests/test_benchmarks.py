@@ -50,6 +50,10 @@ def test_rows_have_sane_metrics(rows):
             assert math.isfinite(r[key]) and r[key] > 1.0
         assert r["seconds_per_edit"] > 0 and r["peak_rss_mb"] > 50
         assert r["command"].startswith("python benchmarks/run.py --methods " + r["method"])
+        assert [a["target"] for a in r["answers_sample"]] == [a["target"] for a in
+                                                              got[0]["answers_sample"]]
+        assert len(r["answers_sample"]) == 8 and all(isinstance(a["answer"], str)
+                                                     for a in r["answers_sample"])
     bf = got[0]
     assert bf["reliability"] > 0.5  # the tiny model learns the edits a little
     assert got[0]["ppl_before"] == got[1]["ppl_before"]  # one baseline for every row
