@@ -2,9 +2,13 @@
 
     python benchmarks/report.py benchmarks/results/edit_quality.jsonl --plots benchmarks/plots
 
-Prints one markdown table (one row per method x dataset x N x model, the latest run of each)
-and writes ``reliability_vs_n.png`` (reliability and generalization, token accuracy and
-generation exact match, per dataset) and ``seconds_per_edit_vs_n.png``.
+Prints two markdown tables, one row per method x dataset x N x model (the latest run of
+each): edit quality (reliability, generalization, locality) and what the edits cost
+(capability before/after, seconds per edit, memory, the machine's load when the row started).
+``--answers`` adds what greedy generation said to each row's first prompts. ``--plots DIR``
+writes ``reliability_vs_n.png`` (reliability and generalization, token accuracy and
+generation exact match, per dataset), ``retention_vs_n.png`` (locality, NQ token accuracy and
+held-out perplexity after editing) and ``seconds_per_edit_vs_n.png``.
 """
 from __future__ import annotations
 
@@ -13,13 +17,14 @@ import json
 from pathlib import Path
 
 METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
-COLUMNS = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
+QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
            ("generalization", "gen (tok)"), ("generalization_em", "gen (EM)"),
-           ("locality", "loc"), ("nq_token_acc_before", "NQ tok before"),
-           ("nq_token_acc_after", "NQ tok after"), ("nq_em_before", "NQ EM before"),
-           ("nq_em_after", "NQ EM after"), ("ppl_before", "ppl before"),
-           ("ppl_after", "ppl after"), ("seconds_per_edit", "s/edit"),
-           ("peak_rss_mb", "peak MB")]
+           ("locality", "loc")]
+COST = [("nq_token_acc_before", "NQ tok before"), ("nq_token_acc_after", "NQ tok after"),
+        ("nq_em_before", "NQ EM before"), ("nq_em_after", "NQ EM after"),
+        ("ppl_before", "ppl before"), ("ppl_after", "ppl after"),
+        ("seconds_per_edit", "s/edit"), ("peak_rss_mb", "peak MB"),
+        ("load_avg_1min_at_start", "load at start")]
 
 
 def load_rows(path) -> list:
@@ -41,13 +46,32 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def table(rows) -> str:
-    head = ["dataset", "N", "method"] + [label for _, label in COLUMNS]
+def table(rows, columns=QUALITY) -> str:
+    head = ["dataset", "N", "method"] + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         method = r["method"] + (" (stand-in)" if "implementation" in r else "")
-        cells = [r["dataset"], str(r["n"]), method] + [_fmt(r.get(k)) for k, _ in COLUMNS]
+        cells = [r["dataset"], str(r["n"]), method] + [_fmt(r.get(k)) for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return (text or "(empty)").replace("\n", " ").replace("|", "\\|")
+
+
+def answers(rows) -> str:
+    """Greedy answers to each row's first edit prompts, next to their targets."""
+    lines = []
+    for r in rows:
+        sample = r.get("answers_sample") or []
+        if not sample:
+            continue
+        lines += [f"**{r['dataset']} N={r['n']} {r['method']}**", "",
+                  "| prompt | target | answer |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(a['prompt'])} | {_cell(a['target'])} | {_cell(a['answer'])} |"
+                  for a in sample]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -98,11 +122,26 @@ def plots(rows, out_dir) -> list:
         for j, (key, title) in enumerate(metrics):
             panel(axes[i][j], ds, key, title)
     first = save(fig, axes, "reliability_vs_n.png")
+    kept = [("locality", "locality (neighbourhood, token acc)", False),
+            ("nq_token_acc_after", "NQ answers after (token acc)", False),
+            ("ppl_after", "held-out perplexity after", True)]
+    fig, axes = plt.subplots(len(datasets), len(kept), squeeze=False,
+                             figsize=(4 * len(kept), 3.4 * len(datasets)))
+    for i, ds in enumerate(datasets):
+        for j, (key, title, log_y) in enumerate(kept):
+            panel(axes[i][j], ds, key, title, log_y=log_y)
+            if key != "locality":  # the unedited model's value, for reference
+                before = [r[key.replace("after", "before")] for r in rows if r["dataset"] == ds]
+                if before:
+                    axes[i][j].axhline(before[0], color="grey", ls="--", lw=1,
+                                       label="before editing")
+                    axes[i][j].legend(fontsize=7)
+    retention = save(fig, axes, "retention_vs_n.png")
     fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5 * len(datasets), 3.6))
     for i, ds in enumerate(datasets):
         panel(axes[0][i], ds, "seconds_per_edit", "seconds per edit (CPU)", log_y=True)
     second = save(fig, axes, "seconds_per_edit_vs_n.png")
-    return [first, second]
+    return [first, retention, second]
 
 
 def main(argv=None) -> str:
@@ -111,9 +150,12 @@ def main(argv=None) -> str:
     ap.add_argument("jsonl", nargs="?",
                     default=str(Path(__file__).resolve().parent / "results" / "edit_quality.jsonl"))
     ap.add_argument("--plots", default=None, help="folder for the PNG plots")
+    ap.add_argument("--answers", action="store_true",
+                    help="also print each row's sample of greedy answers")
     args = ap.parse_args(argv)
     rows = load_rows(args.jsonl)
-    text = table(rows)
+    text = "\n\n".join([table(rows, QUALITY), table(rows, COST)]
+                       + ([answers(rows)] if args.answers else []))
     print(text)
     if args.plots:
         for p in plots(rows, args.plots):

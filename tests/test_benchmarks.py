@@ -68,9 +68,12 @@ def test_rerun_skips_finished_rows(rows):
 def test_report_table_and_plots(rows, tmp_path):
     out, got, _, _ = rows
     report = _load("report")
-    text = report.main([str(out), "--plots", str(tmp_path)])
-    assert text.count("\n| zsre | 10 |") == 2
-    for name in ("reliability_vs_n.png", "seconds_per_edit_vs_n.png"):
+    text = report.main([str(out), "--plots", str(tmp_path), "--answers"])
+    assert text.count("\n| zsre | 10 |") == 4  # two rows in each of the two tables
+    assert text.count("| rel (tok) |") == 1 and text.count("| ppl after |") == 1
+    first = got[0]["answers_sample"][0]
+    assert f"| {first['target']} |" in text  # the sample answers, next to their targets
+    for name in ("reliability_vs_n.png", "retention_vs_n.png", "seconds_per_edit_vs_n.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
