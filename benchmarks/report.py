@@ -4,7 +4,8 @@
 
 Prints two markdown tables, one row per method x dataset x N x model (the latest run of
 each): edit quality (reliability, generalization, locality) and what the edits cost
-(capability before/after, seconds per edit, memory, the machine's load when the row started).
+(capability before/after, seconds per edit, memory, the machine's load when the row started),
+and for CounterFact rows the papers' probability scores (ES / PS / NS, before and after).
 ``--answers`` adds what greedy generation said to each row's first prompts. ``--plots DIR``
 writes ``reliability_vs_n.png`` (reliability and generalization, token accuracy and
 generation exact match, per dataset), ``retention_vs_n.png`` (locality, NQ token accuracy and
@@ -20,6 +21,9 @@ METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
            ("generalization", "gen (tok)"), ("generalization_em", "gen (EM)"),
            ("locality", "loc")]
+PROBS = [(f"{k}_{w}", f"{label} {w}") for k, label in
+         (("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS"))
+         for w in ("before", "after")]
 COST = [("nq_token_acc_before", "NQ tok before"), ("nq_token_acc_after", "NQ tok after"),
         ("nq_em_before", "NQ EM before"), ("nq_em_after", "NQ EM after"),
         ("ppl_before", "ppl before"), ("ppl_after", "ppl after"),
@@ -154,7 +158,9 @@ def main(argv=None) -> str:
                     help="also print each row's sample of greedy answers")
     args = ap.parse_args(argv)
     rows = load_rows(args.jsonl)
+    with_probs = [r for r in rows if r.get("efficacy_score_after") is not None]
     text = "\n\n".join([table(rows, QUALITY), table(rows, COST)]
+                       + ([table(with_probs, PROBS)] if with_probs else [])
                        + ([answers(rows)] if args.answers else []))
     print(text)
     if args.plots:

@@ -8,6 +8,10 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
   ``generalization``) and the paper's greedy-generation exact match (``reliability_em``,
   ``generalization_em``), on the prompts and their paraphrases;
 * locality: EasyEdit's neighbourhood score (argmax agreement before vs after);
+* CounterFact only, the probability scores of the ROME/MEMIT/AlphaEdit papers, before and
+  after: efficacy and paraphrase score (share of prompts where the new target is more probable
+  than the true object) and neighbourhood score (share of neighbourhood prompts where the true
+  object stays more probable than the new target), mean token log-probabilities;
 * capability retention: NQ answer accuracy on ZsRE ``loc`` questions that no run edits
   (records 1900..1999 of zsre_2k.json; greedy generation EM vs ``loc_ans``, plus token
   accuracy), and perplexity on held-out text (the last 10% of CPython's
@@ -326,7 +330,8 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
 def run_one(args) -> dict:
     import torch
 
-    from locft_easyedit.evaluate import evaluate_requests, generate_answers, locality_snapshot
+    from locft_easyedit.evaluate import (evaluate_requests, generate_answers, locality_snapshot,
+                                         probability_scores)
 
     method, dataset, n = args.one
     n = int(n)
@@ -338,11 +343,15 @@ def run_one(args) -> dict:
     out = Path(args.out).resolve()
     before_cap = baseline(model, tok, args.model, out)
     loc_before = locality_snapshot(model, tok, requests)
+    # CounterFact's probability scores (efficacy / paraphrase / neighbourhood), before and after
+    probs = {"before": probability_scores(model, tok, requests)} if dataset == "counterfact" else {}
     t0 = time.perf_counter()
     hp_desc, extra = apply_edits(method, model, tok, requests, args.model, model_dir, args)
     seconds = time.perf_counter() - t0
     model.eval()
     post = evaluate_requests(model, tok, requests, loc_before, generation=True, progress=True)
+    if probs:
+        probs["after"] = probability_scores(model, tok, requests, progress=True)
     sample = requests[:SAMPLE_ANSWERS]  # what greedy generation actually says, to read
     answers = generate_answers(model, tok, [r["prompt"] for r in sample])
     after_cap = capability(model, tok)
@@ -362,6 +371,9 @@ def run_one(args) -> dict:
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
             "load_avg_1min_at_start": load_at_start,
             "date": time.strftime("%Y-%m-%d %H:%M"),
+            **{f"{k}_{when}": v for when, d in probs.items() for k, v in d.items()
+               if k != "neighborhood_prompts"},
+            **({"neighborhood_prompts": probs["after"]["neighborhood_prompts"]} if probs else {}),
             "answers_sample": [{"prompt": r["prompt"], "target": r["target_new"], "answer": a}
                                for r, a in zip(sample, answers)], **extra}
 

@@ -7,6 +7,10 @@
   punctuation and the articles a/an/the, squeeze spaces) of both sides.
 * locality: EasyEdit's neighbourhood score, argmax agreement on the locality prompt +
   answer tokens before vs after the edit.
+* probability scores (CounterFact, as in the ROME/MEMIT/AlphaEdit papers): the share of
+  prompts where the new target is more probable than the true object (efficacy on the edit
+  prompts, paraphrase on the rephrasings) and, on the neighbourhood prompts, where the true
+  object stays more probable than the new target.
 """
 from __future__ import annotations
 
@@ -49,25 +53,38 @@ def _batches(n: int, size: int, desc: str, progress: bool):
                 leave=False)
 
 
-@torch.no_grad()
-def target_predictions(model, tok, prompts: Sequence[str], targets: Sequence[str],
-                       batch_size: int = 32, progress: bool = False) -> List[torch.Tensor]:
-    """For each pair, ``(argmax predictions, target ids)`` stacked as a ``[2, T]`` tensor."""
+def _teacher_forced(model, tok, prompts: Sequence[str], targets: Sequence[str],
+                    batch_size: int = 32, progress: bool = False):
+    """Yield ``(logits [T, V], target ids [T])`` for each prompt/target pair, in order: the
+    logits at the positions that predict the target tokens (no EOS)."""
     examples = [encode_one(tok, p, t, append_eos=False) for p, t in zip(prompts, targets)]
-    out: List[torch.Tensor] = []
     was = model.training
     model.eval()
     try:
         for s in _batches(len(examples), batch_size, "scoring", progress):
             batch: List[Encoded] = examples[s:s + batch_size]
             ids, mask, _ = pad_batch(batch, pad_id_of(tok), input_device(model))
-            pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
             for row, e in enumerate(batch):
-                tgt = torch.tensor(e.ids[e.prompt_len:])
-                out.append(torch.stack([pred[row, e.prompt_len - 1:e.length - 1], tgt]))
+                yield (logits[row, e.prompt_len - 1:e.length - 1],
+                       torch.tensor(e.ids[e.prompt_len:], device=logits.device))
     finally:
         model.train(was)
-    return out
+
+
+def target_predictions(model, tok, prompts: Sequence[str], targets: Sequence[str],
+                       **kw) -> List[torch.Tensor]:
+    """For each pair, ``(argmax predictions, target ids)`` stacked as a ``[2, T]`` tensor."""
+    return [torch.stack([lg.argmax(-1), t]).cpu()
+            for lg, t in _teacher_forced(model, tok, prompts, targets, **kw)]
+
+
+def target_logprobs(model, tok, prompts: Sequence[str], targets: Sequence[str],
+                    **kw) -> List[float]:
+    """Per pair, the mean log-probability of the target's tokens given the prompt."""
+    return [float(lg.log_softmax(-1).gather(-1, t[:, None]).mean())
+            for lg, t in _teacher_forced(model, tok, prompts, targets, **kw)]
 
 
 def token_accuracy(model, tok, prompts, targets, **kw) -> List[float]:
@@ -134,6 +151,34 @@ def locality_snapshot(model, tok, requests: Sequence[dict], **kw) -> List[torch.
 
 def locality_scores(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor]) -> List[float]:
     return [float((a == b).float().mean()) for a, b in zip(before, after)]
+
+
+def probability_scores(model, tok, requests: Sequence[dict], **kw) -> Dict[str, float]:
+    """CounterFact's probability comparisons (ROME/MEMIT/AlphaEdit papers), for requests with
+    a string ``ground_truth`` (the true object): the share of prompts where the model prefers
+    ``target_new`` to the true object (mean token log-probability), on the edit prompts
+    (``efficacy_score``) and paraphrases (``paraphrase_score``), and the share of locality
+    prompts where it still prefers the true object to the edit's ``target_new``
+    (``neighborhood_score``; locality prompts answered by the same true object only)."""
+    def prefer(pairs):  # share of (prompt, good, bad) where good beats bad
+        if not pairs:
+            return float("nan")
+        prompts = [p for p, _, _ in pairs]
+        good = target_logprobs(model, tok, prompts, [g for _, g, _ in pairs], **kw)
+        bad = target_logprobs(model, tok, prompts, [b for _, _, b in pairs], **kw)
+        return sum(g > b for g, b in zip(good, bad)) / len(pairs)
+
+    ok = [i for i, r in enumerate(requests) if isinstance(r.get("ground_truth"), str)
+          and r["ground_truth"].strip() and r["ground_truth"] != r["target_new"]]
+    edit = [(requests[i]["prompt"], requests[i]["target_new"], requests[i]["ground_truth"])
+            for i in ok]
+    para = [(requests[i]["rephrase_prompt"], requests[i]["target_new"],
+             requests[i]["ground_truth"]) for i in ok if requests[i].get("rephrase_prompt")]
+    ok = set(ok)
+    neigh = [(p, g, requests[i]["target_new"]) for i, p, g in _locality_pairs(requests)
+             if i in ok and g == requests[i]["ground_truth"]]
+    return {"efficacy_score": prefer(edit), "paraphrase_score": prefer(para),
+            "neighborhood_score": prefer(neigh), "neighborhood_prompts": len(neigh)}
 
 
 def evaluate_requests(model, tok, requests: Sequence[dict],

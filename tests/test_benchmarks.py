@@ -91,3 +91,17 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
     assert key != run.row_key(bf) and key not in run.finished(out)
     ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
     assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(edited))
+
+
+def test_counterfact_row_has_probability_scores(tmp_path):
+    run = _load("run")
+    out = tmp_path / "cf.jsonl"
+    (row,) = run.main(["--model", "tiny", "--methods", "locft-bf", "--datasets", "counterfact",
+                       "--n", "6", "--threads", "1", "--out", str(out)])
+    for key in ("efficacy_score", "paraphrase_score", "neighborhood_score"):
+        for when in ("before", "after"):
+            assert 0.0 <= row[f"{key}_{when}"] <= 1.0, (key, when, row[f"{key}_{when}"])
+    assert row["neighborhood_prompts"] == 6  # one neighbourhood prompt per shared record
+    assert row["efficacy_score_after"] > row["efficacy_score_before"]  # the edits landed
+    text = _load("report").main([str(out)])
+    assert "| ES before | ES after |" in text
