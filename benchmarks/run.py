@@ -20,7 +20,7 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
 
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
 appended to the JSON-lines file as soon as it finishes; rows already there with the same
-settings (SHA-256 of the YAML the row runs with) are skipped, so a sweep can be resumed.
+settings (SHA-256 of the parsed YAML the row runs with) are skipped, so a sweep can be resumed.
 
     python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
     python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
@@ -380,11 +380,15 @@ def run_one(args) -> dict:
 
 # --- the sweep -------------------------------------------------------------------------------
 def settings_digest(method: str, locft_yaml: str) -> str:
-    """First 12 hex digits of the SHA-256 of the settings file a row runs with (the LocFT YAML
-    for locft-bf/-df, the EasyEdit YAML otherwise), so editing a YAML re-runs its rows."""
+    """First 12 hex digits of the SHA-256 of the settings a row runs with (the LocFT YAML for
+    locft-bf/-df, the EasyEdit YAML otherwise), parsed, so that changing a value re-runs its
+    rows and editing a comment does not."""
+    import yaml
+
     path = (Path(locft_yaml) if method.startswith("locft")
             else HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    settings = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
 
 def row_key(r: dict) -> tuple:

@@ -78,19 +78,22 @@ def test_report_table_and_plots(rows, tmp_path):
 
 
 def test_changed_settings_rerun_the_row(rows, tmp_path):
-    """A row counts as finished only for the settings file it ran with: editing the YAML
-    (even a comment) makes the next sweep run it again."""
+    """A row counts as finished only for the settings it ran with: changing a value in the
+    YAML makes the next sweep run it again; editing a comment does not."""
     out, got, run, _ = rows
     bf = got[0]
     shipped = REPO / "hparams" / "smollm2-135m.yaml"
     assert bf["settings_sha256"] == run.settings_digest("locft-bf", str(shipped))
     assert run.row_key(bf) in run.finished(out)
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(shipped.read_text() + "\n# edited\n")
-    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(edited)))
+    commented = tmp_path / "commented.yaml"
+    commented.write_text("# a new comment\n" + shipped.read_text())
+    assert run.settings_digest("locft-bf", str(commented)) == bf["settings_sha256"]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(shipped.read_text() + "\nseed: 7\n")
+    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)))
     assert key != run.row_key(bf) and key not in run.finished(out)
     ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
-    assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(edited))
+    assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(changed))
 
 
 def test_counterfact_row_has_probability_scores(tmp_path):
