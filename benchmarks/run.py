@@ -194,9 +194,29 @@ def load(model_arg: str):
 
 
 def requests_for(dataset: str, n: int):
+    """The first ``n`` requests of the dataset that do not contradict an earlier one.
+
+    CounterFact holds the same prompt with two different new targets (records 462 and 563 of
+    counterfact_2k.json: 'Frank Lampard, the' -> basketball / quarterback); no method can
+    satisfy both, and LocFT refuses such a request set. Every method gets the same list: a
+    request whose prompt already has another target is skipped and the next record taken."""
     from locft_easyedit import load_dataset
 
-    return load_dataset(DATA_DIR / DATA_FILES[dataset], dataset, n=n)
+    every = load_dataset(DATA_DIR / DATA_FILES[dataset], dataset)
+    seen, out, skipped = {}, [], []
+    for r in every:
+        if seen.setdefault(r["prompt"], r["target_new"]) != r["target_new"]:
+            skipped.append(r["prompt"])
+            continue
+        out.append(r)
+        if len(out) == n:
+            break
+    if len(out) < n:
+        raise SystemExit(f"{dataset}: only {len(out)} consistent requests, {n} asked for")
+    if skipped:
+        logger.info("%s N=%d: skipped %d request(s) contradicting an earlier one: %s",
+                    dataset, n, len(skipped), skipped)
+    return out
 
 
 def capability_questions():
@@ -337,9 +357,9 @@ def run_one(args) -> dict:
     n = int(n)
     load_at_start = os.getloadavg()[0]  # other jobs on the machine slow every timing
     torch.manual_seed(0)
+    requests = requests_for(dataset, n)  # data problems surface before the model loads
     model, tok, model_dir = load(args.model)
     model.eval()
-    requests = requests_for(dataset, n)
     out = Path(args.out).resolve()
     before_cap = baseline(model, tok, args.model, out)
     loc_before = locality_snapshot(model, tok, requests)

@@ -108,3 +108,19 @@ def test_counterfact_row_has_probability_scores(tmp_path):
     assert row["efficacy_score_after"] > row["efficacy_score_before"]  # the edits landed
     text = _load("report").main([str(out)])
     assert "| ES before | ES after |" in text
+
+
+def test_requests_skip_contradicting_prompts():
+    """counterfact_2k.json asks 'Frank Lampard, the' for basketball and later quarterback:
+    the runner keeps the first, takes the next record instead, and leaves N=100 as it was."""
+    run = _load("run")
+    from locft_easyedit import load_dataset
+    from locft_easyedit.requests import validate_requests
+
+    raw = load_dataset(run.DATA_DIR / "counterfact_2k.json", "counterfact", n=1000)
+    got = run.requests_for("counterfact", 1000)
+    assert len(got) == 1000 and len({r["prompt"] for r in got}) == 1000
+    validate_requests(got)  # LocFT accepts the set (it refuses the raw first 1,000)
+    lampard = [r["target_new"] for r in got if r["prompt"] == "Frank Lampard, the"]
+    assert lampard == ["basketball"] and raw[:562] == got[:562]
+    assert run.requests_for("counterfact", 100) == raw[:100]
