@@ -114,8 +114,13 @@ def plots(rows, out_dir) -> list:
         ax.grid(alpha=0.3)
 
     def save(fig, axes, name):
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
+        labels = {}  # one legend for the figure: every method that appears in any panel
+        for ax in fig.axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                labels.setdefault(lab, h)
+        fig.legend(list(labels.values()), list(labels), loc="upper center",
+                   ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         return out_dir / name
@@ -139,7 +144,6 @@ def plots(rows, out_dir) -> list:
                 if before:
                     axes[i][j].axhline(before[0], color="grey", ls="--", lw=1,
                                        label="before editing")
-                    axes[i][j].legend(fontsize=7)
     retention = save(fig, axes, "retention_vs_n.png")
     fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5 * len(datasets), 3.6))
     for i, ds in enumerate(datasets):
