@@ -113,17 +113,17 @@ def ensure_stats(model, tok, hp) -> dict:
     import numpy as np
     import torch
 
-    names = [hp.rewrite_module_tmp.format(l) for l in hp.layers]
-    paths = {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset, hp.mom2_dtype,
-                                 hp.mom2_n_samples) for n in names}
+    def cache_paths(layers) -> dict:
+        return {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset,
+                                    hp.mom2_dtype, hp.mom2_n_samples)
+                for n in (hp.rewrite_module_tmp.format(l) for l in layers)}
+
     info_path = Path(hp.stats_dir) / "corpus.json"
-    if all(p.is_file() for p in paths.values()) and info_path.is_file():
+    if all(p.is_file() for p in cache_paths(hp.layers).values()) and info_path.is_file():
         return json.loads(info_path.read_text())
     # every layer up to the deepest one asked for, in one pass that stops there
-    top = max(hp.layers)
-    names = [hp.rewrite_module_tmp.format(l) for l in range(top + 1)]
-    paths = {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset, hp.mom2_dtype,
-                                 hp.mom2_n_samples) for n in names}
+    paths = cache_paths(range(max(hp.layers) + 1))
+    names = list(paths)
     dtype = getattr(torch, hp.mom2_dtype)
     acc = {n: [None, 0] for n in names}
     mods = dict(model.named_modules())
@@ -143,7 +143,8 @@ def ensure_stats(model, tok, hp) -> dict:
                 raise _Stop
         return f
 
-    chunks = _token_chunks(tok, corpus_parts()[0], 256, STATS_TOKENS // 256)
+    stats_text = corpus_parts()[0]
+    chunks = _token_chunks(tok, stats_text, 256, STATS_TOKENS // 256)
     handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
         from tqdm.auto import tqdm
@@ -164,7 +165,6 @@ def ensure_stats(model, tok, hp) -> dict:
                               np.array("easyeditor.util.runningstats.SecondMoment()"),
                               "mom2.count": np.array(count), "mom2.mom2": mom2.numpy(),
                               "sample_size": np.array(hp.mom2_n_samples)})
-    stats_text = corpus_parts()[0]
     info = {"corpus": "pydoc_data.topics (CPython %s), sorted keys, first %d%% of %d chars"
                       % (platform.python_version(), CORPUS_SPLIT * 100,
                          len(stats_text) / CORPUS_SPLIT),
@@ -201,11 +201,13 @@ def requests_for(dataset: str, n: int):
     satisfy both, and LocFT refuses such a request set. Every method gets the same list: a
     request whose prompt already has another target is skipped and the next record taken."""
     from locft_easyedit import load_dataset
+    from locft_easyedit.requests import normalise_target
 
     every = load_dataset(DATA_DIR / DATA_FILES[dataset], dataset)
     seen, out, skipped = {}, [], []
     for r in every:
-        if seen.setdefault(r["prompt"], r["target_new"]) != r["target_new"]:
+        target = normalise_target(r["target_new"])  # compared as validate_requests does
+        if seen.setdefault(r["prompt"], target) != target:
             skipped.append(r["prompt"])
             continue
         out.append(r)
@@ -242,6 +244,11 @@ def locft_hparams(method: str, model_arg: str, hparams_path: str):
     return hp
 
 
+def easyedit_yaml(method: str) -> Path:
+    """The EasyEdit settings file of ``method`` (ft-m, rome, memit, alphaedit)."""
+    return HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
+
+
 def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Path):
     import yaml
     from easyeditor import (AlphaEditHyperParams, FTHyperParams, MEMITHyperParams,
@@ -249,7 +256,7 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
 
     cls = {"ft-m": FTHyperParams, "rome": ROMEHyperParams, "memit": MEMITHyperParams,
            "alphaedit": AlphaEditHyperParams}[method]
-    path = HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
+    path = easyedit_yaml(method)
     cfg = yaml.safe_load(path.read_text())
     cfg["model_name"] = str(model_dir)
     if model_arg == "tiny":  # 4 layers
@@ -405,8 +412,7 @@ def settings_digest(method: str, locft_yaml: str) -> str:
     rows and editing a comment does not."""
     import yaml
 
-    path = (Path(locft_yaml) if method.startswith("locft")
-            else HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml")
+    path = Path(locft_yaml) if method.startswith("locft") else easyedit_yaml(method)
     settings = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True, default=str)
     return hashlib.sha256(settings.encode()).hexdigest()[:12]
 
