@@ -1,23 +1,26 @@
-"""LocFT-BF (localized fine-tuning, breadth-first) for knowledge editing, EasyEdit-shaped.
+"""locft-easyedit: LocFT-BF (localized, breadth-first fine-tuning) for knowledge editing, as an
+EasyEdit method (the folder :mod:`locft_easyedit.locft`) and the tool around it.
 
     from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_default_model
+
+Importing the package registers LocFT with EasyEdit when EasyEdit is importable (a silent
+no-op otherwise); the method folder itself never imports EasyEdit's editors.
 """
-from .checkpoint import CheckpointError
-from .locft_hparams import LocFTHyperParams
-from .locft_main import apply_locft_to_model, execute_locft, restore_weights, select_parameters
-from .models import load_default_model, load_model
-from .requests import RequestError, load_dataset, load_requests, validate_requests
-from .training import TrainingDiverged
+from ._version import __version__
+from .datasets import load_dataset, load_requests
 from .easyedit import register as register_easyedit
+from .locft import (CheckpointError, HparamsError, LocFTHyperParams, LocFTInputError,
+                    RequestError, TrainingDiverged, apply_locft_to_model, execute_adapter,
+                    execute_locft, restore_weights, select_parameters, validate_requests)
+from .models import load_default_model, load_model
 
 # Register LocFT with EasyEdit when it is importable; a silent no-op without it.
 register_easyedit()
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "LocFTHyperParams", "apply_locft_to_model", "execute_locft", "restore_weights",
-    "select_parameters", "load_default_model", "load_model", "RequestError", "load_dataset",
-    "load_requests", "validate_requests", "TrainingDiverged", "CheckpointError",
-    "register_easyedit", "__version__",
+    "LocFTHyperParams", "apply_locft_to_model", "execute_locft", "execute_adapter",
+    "restore_weights", "select_parameters", "load_default_model", "load_model",
+    "RequestError", "HparamsError", "LocFTInputError", "load_dataset", "load_requests",
+    "validate_requests", "TrainingDiverged", "CheckpointError", "register_easyedit",
+    "__version__",
 ]

@@ -11,15 +11,15 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
+from .locft.errors import LocFTInputError
+
 logger = logging.getLogger("locft_easyedit.cli")
 
-REPO_HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
-DEFAULT_HPARAMS = REPO_HPARAMS / "smollm2-135m.yaml"
+DEFAULT_HPARAMS = "smollm2-135m"  # a shipped YAML (package data), found by from_hparams
 
 EXAMPLES = {
     "demo": "locft-edit demo                       # 24 counterfactual edits on the embedded model",
@@ -32,7 +32,7 @@ EXAMPLES = {
 }
 
 
-class BadInput(ValueError):
+class BadInput(LocFTInputError):
     """Raised for input the user can fix; printed as one line, exit code 2."""
 
 
@@ -43,27 +43,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _user_errors():
+    """What the user can fix (exit 2): every LocFTInputError (requests, hparams, layer,
+    template, checkpoint, patch, CLI arguments), a missing model folder or embedded-model
+    package. Any other exception, a ValueError included, is an internal failure (exit 1)."""
     from .models import DefaultModelUnavailable
-    from .patch import PatchError
-    from .requests import RequestError
 
-    return (BadInput, RequestError, PatchError, DefaultModelUnavailable, FileNotFoundError,
-            ValueError)
+    return (LocFTInputError, DefaultModelUnavailable, FileNotFoundError)
 
 
 # --- shared steps --------------------------------------------------------------------------------
 def _load_hparams(path: Optional[str], model: Optional[str]):
-    from .locft_hparams import LocFTHyperParams
+    """The hparams (a path or a shipped name); ``--model`` replaces ``model_name``, which
+    stays as written (``load_model`` resolves ``embedded:`` names)."""
+    from .locft import LocFTHyperParams
 
-    hp_path = Path(path) if path else DEFAULT_HPARAMS
-    if not path and not hp_path.is_file():
-        raise BadInput(f"no default hparams at {hp_path}; pass --hparams YAML")
-    hp = LocFTHyperParams.from_hparams(hp_path, resolve=False)  # --model may replace the name
+    hp = LocFTHyperParams.from_hparams(path or DEFAULT_HPARAMS)
     if model:
         hp.model_name = model
-    from .models import resolve_model_name
-
-    hp.model_name = resolve_model_name(hp.model_name)
     return hp
 
 
@@ -128,22 +124,18 @@ def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
         raise BadInput(f"tuning: {hp.tuning} without lora_merge leaves the base weights "
                        "unchanged, so there is no patch to write: use --adapter-out DIR "
                        "(or set lora_merge: true)")
-    from .evaluate import evaluate_requests, generate_answers, locality_snapshot
-    from .locft_main import apply_locft_to_model
+    from .evaluate import edit_and_score
+    from .locft import apply_locft_to_model
     from .patch import save_patch
 
-    prompts = [r["prompt"] for r in requests]
-    progress = not quiet
-    old = generate_answers(model, tok, prompts, progress=progress)
-    loc_before = locality_snapshot(model, tok, requests, progress=progress)
-    t0 = time.perf_counter()
     extra = {"save_adapter_to": adapter_out} if adapter_out else {}
-    model, weights_copy = apply_locft_to_model(model, tok, requests, hp,
-                                               return_orig_weights=True, progress=progress,
-                                               **extra)
-    seconds = time.perf_counter() - t0
-    new = generate_answers(model, tok, prompts, progress=progress)
-    scores = evaluate_requests(model, tok, requests, loc_before, progress=progress)
+    report = edit_and_score(
+        model, tok, requests, answers=table_rows, progress=not quiet,
+        edit=lambda m: apply_locft_to_model(m, tok, requests, hp, return_orig_weights=True,
+                                            progress=not quiet, **extra))
+    model, weights_copy, scores = report.model, report.weights_copy, report.after
+    prompts = [r["prompt"] for r in requests]
+    old, new = report.answers_before, report.answers_after
 
     rows = list(zip(prompts, [r["target_new"] for r in requests], old, new))[:table_rows]
     print(f"{'prompt':<46} {'target':<16} {'old answer':<28} new answer")
@@ -153,7 +145,7 @@ def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
         print(f"... {len(requests) - table_rows} more")
     summary = {"reliability": scores["reliability_em"],
                "generalization": scores.get("generalization_em", float("nan")),
-               "locality": scores.get("locality", float("nan")), "seconds": seconds}
+               "locality": scores.get("locality", float("nan")), "seconds": report.seconds}
     print(" ".join(f"{k}={v:.2f}" if k != "seconds" else f"{k}={v:.1f}" for k, v in summary.items()))
     if patch_out:
         params = dict(model.named_parameters())
@@ -162,7 +154,7 @@ def edit_and_report(model, tok, requests: List[dict], hp, quiet: bool = False,
         logger.info("wrote the edit patch %s", patch_out)
     if save_model:
         if hasattr(model, "merge_and_unload"):  # an unmerged adapter: save the merged model
-            from .adapters import merge_adapter
+            from .locft.adapters import merge_adapter
 
             model, _ = merge_adapter(model)
         _save_model(model, tok, save_model)
@@ -181,7 +173,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .requests import load_dataset, load_requests, validate_requests
+    from .datasets import load_dataset, load_requests
+    from .locft import validate_requests
 
     if bool(args.requests) == bool(args.dataset):
         raise BadInput("give either --requests FILE or --dataset NAME --data PATH")
@@ -197,7 +190,7 @@ def cmd_run(args) -> int:
     requests = (load_requests(args.requests) if args.requests
                 else validate_requests(load_dataset(args.data, args.dataset, n=args.n)))
     hp = _load_hparams(args.hparams, args.model)
-    from . import distributed
+    from .locft import distributed
 
     if distributed.init_from_env() and distributed.rank() != 0:
         # data-parallel under torchrun: every rank trains; only rank 0 prints and writes
@@ -212,7 +205,6 @@ def cmd_run(args) -> int:
 
 
 def _patch_cmd(args, action) -> int:
-    from .models import resolve_model_name
     from .patch import load_patch
 
     adapter = Path(args.patch).is_dir()
@@ -226,9 +218,9 @@ def _patch_cmd(args, action) -> int:
         load_patch(args.patch)  # refuse a bad file before loading a model
     if Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
         raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
-    model, tok = _load_model(resolve_model_name(args.model), None, args.quiet)
+    model, tok = _load_model(args.model, None, args.quiet)
     if adapter:
-        from .adapters import load_adapter
+        from .locft.adapters import load_adapter
 
         model, originals = load_adapter(model, args.patch, merge=True)
         _save_model(model, tok, args.save_model)
@@ -274,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = add("demo", "Edit the embedded SmolLM2-135M with the shipped example edits and print "
                     "a before/after table and a summary line.", cmd_demo)
     d.add_argument("--n", type=int, default=None, help="use only the first N example edits")
-    d.add_argument("--hparams", default=None, help=f"hparams YAML (default {DEFAULT_HPARAMS.name})")
+    d.add_argument("--hparams", default=None, help="hparams YAML, or a shipped name such as "
+                                                   f"llama3-8b (default {DEFAULT_HPARAMS})")
     d.add_argument("--patch-out", default=None, help="also write the edit as a patch file")
 
     r = add("run", "Edit any local model with requests from a file or a dataset.", cmd_run)
@@ -286,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n", type=int, default=None, help="first N records of --data")
     r.add_argument("--model", help="local model folder or 'embedded:smollm2-135m' "
                                    "(default: the hparams' model_name)")
-    r.add_argument("--hparams", help=f"hparams YAML (default {DEFAULT_HPARAMS.name})")
+    r.add_argument("--hparams", help="hparams YAML, or a shipped name such as llama3-8b "
+                                     f"(default {DEFAULT_HPARAMS})")
     r.add_argument("--patch-out", help="where to write the edit patch (.safetensors)")
     r.add_argument("--adapter-out", help="tuning lora/adalora: where to write the adapter "
                                          "(peft's format; `apply` merges it into a model)")

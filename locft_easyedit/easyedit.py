@@ -2,13 +2,15 @@
 
 EasyEdit (https://github.com/zjunlp/EasyEdit, installed from its source) is imported lazily,
 inside the functions; this module imports without it. The rest of the package never imports
-EasyEdit (``locft_hparams.py`` only subclasses its ``HyperParams`` base when it is there).
+EasyEdit (the method's ``locft_hparams.py`` only subclasses its ``HyperParams`` base when it
+is there).
 
 * :func:`register` adds ``LocFT`` to ``easyeditor.util.alg_dict.ALG_DICT`` and to the methods
   ``BatchEditor.is_batchable_method`` accepts, so ``BaseEditor.from_hparams(LocFTHyperParams...)``
   and ``editor.batch_edit(...)`` work with no change to EasyEdit's files. It also makes
   ``editor.edit()`` with LocFT and ``batch_size != 1`` fail with a message that points to
-  ``batch_edit``. ``import locft_easyedit`` calls it.
+  ``batch_edit``, and resolves an ``embedded:`` ``model_name`` where EasyEdit loads the model
+  (``BaseEditor.__init__``). ``import locft_easyedit`` calls it.
 * :func:`lifelong_edit` applies all requests, then scores every request on the FINAL model
   with EasyEdit's ``compute_edit_quality`` (EasyEdit's ``batch_edit`` scores each chunk right
   after its own edit: EasyEdit issue #590).
@@ -16,17 +18,18 @@ EasyEdit (``locft_hparams.py`` only subclasses its ``HyperParams`` base when it 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from .locft_hparams import ALG_NAME
-from .locft_main import apply_locft_to_model
-from .requests import RequestError, batched, guess_dataset, read_json
-from .requests import load_dataset as load_dataset_plain
+from .datasets import guess_dataset, read_json
+from .datasets import load_dataset as load_dataset_plain
+from .locft import ALG_NAME, RequestError, apply_locft_to_model
+from .models import EMBEDDED_PREFIX, resolve_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,27 @@ def register() -> bool:
         setattr(edit_requests, _WRAPPED, True)
         edit_requests.__doc__ = original_edit_requests.__doc__
         base.edit_requests = edit_requests
+
+    original_init = base.__init__
+    if not getattr(original_init, _WRAPPED, False):
+        def __init__(self, hparams, *args, _original=original_init, **kwargs):
+            return _original(self, resolve_embedded(hparams), *args, **kwargs)
+
+        setattr(__init__, _WRAPPED, True)
+        __init__.__doc__ = original_init.__doc__
+        base.__init__ = __init__
     logger.debug("LocFT registered with EasyEdit")
     return True
+
+
+def resolve_embedded(hparams: Any) -> Any:
+    """LocFT hparams whose ``model_name`` is ``embedded:...``: a copy naming the converted
+    model's folder (EasyEdit loads ``model_name`` itself); anything else unchanged."""
+    name = getattr(hparams, "model_name", None)
+    if (getattr(hparams, "alg_name", None) != ALG_NAME or not isinstance(name, str)
+            or not name.startswith(EMBEDDED_PREFIX)):
+        return hparams
+    return dataclasses.replace(hparams, model_name=resolve_model_name(name))
 
 
 def check_single_edit(hparams: Any) -> None:
@@ -99,6 +121,11 @@ def check_single_edit(hparams: Any) -> None:
         "For LocFT-BF use editor.batch_edit(...) (batch_size >= the number of requests = one "
         "breadth-first run over all edits) or locft_easyedit.easyedit.lifelong_edit(editor, "
         "requests); set batch_size: 1 only to run the depth-first baseline through edit().")
+
+
+def batched(items: List[Any], size: int) -> Iterable[List[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 # --- requests <-> EasyEdit's batch_edit arguments ---------------------------------------------
@@ -260,7 +287,7 @@ def load_dataset_easyedit(path, dataset: Optional[str] = None,
 
     WikiBigEdit files in the shared layout (``prompt``/``target_new``/...) have no EasyEdit
     loader (its ``WikiBigEditDataset`` reads ``update``/``ans``), so they, and every dataset
-    when EasyEdit is not installed, go through :func:`locft_easyedit.requests.load_dataset`,
+    when EasyEdit is not installed, go through :func:`locft_easyedit.datasets.load_dataset`,
     which produces the same requests."""
     name = dataset or guess_dataset((read_json(path) or [{}])[0])
     if not easyedit_available() or name not in ("zsre", "counterfact"):

@@ -11,19 +11,23 @@
   prompts where the new target is more probable than the true object (efficacy on the edit
   prompts, paraphrase on the rephrasings) and, on the neighbourhood prompts, where the true
   object stays more probable than the new target.
+
+:func:`edit_and_score` is the one snapshot -> edit -> score sequence that the CLI, locate and
+the benchmarks share.
 """
 from __future__ import annotations
 
 import re
 import string
-from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import Encoded, encode_one, pad_batch
-from .forward import input_device, pad_id_of
+from .locft.encoding import Encoded, encode_one, pad_batch
+from .locft.modeling import input_device, left_padding, pad_id_of
 
 GEN_STOPS = (".", "\n")
 
@@ -33,18 +37,6 @@ def normalize_answer(text: str) -> str:
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
-
-
-@contextmanager
-def _left_padding(tok):
-    side, pad = tok.padding_side, tok.pad_token
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    try:
-        yield
-    finally:
-        tok.padding_side, tok.pad_token = side, pad
 
 
 def _batches(n: int, size: int, desc: str, progress: bool):
@@ -101,7 +93,7 @@ def generate_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 3
     was = model.training
     model.eval()
     try:
-        with _left_padding(tok):
+        with left_padding(tok):
             for s in _batches(len(prompts), batch_size, "generating", progress):
                 enc = tok(list(prompts[s:s + batch_size]), return_tensors="pt", padding=True)
                 enc = {k: v.to(input_device(model)) for k, v in enc.items()}
@@ -208,3 +200,51 @@ def evaluate_requests(model, tok, requests: Sequence[dict],
         out["locality"] = mean(locality_scores(locality_before,
                                                locality_snapshot(model, tok, requests, **kw)))
     return out
+
+
+@dataclass
+class EditReport:
+    """What :func:`edit_and_score` measured. ``before`` / ``after`` hold
+    :func:`evaluate_requests`' scores (``before`` only when asked for) and, with
+    ``probabilities``, CounterFact's :func:`probability_scores` under ``"probability"``."""
+
+    model: Any
+    weights_copy: Dict[str, torch.Tensor]
+    seconds: float                      # the edit alone
+    before: Dict[str, Any] = field(default_factory=dict)
+    after: Dict[str, Any] = field(default_factory=dict)
+    answers_before: List[str] = field(default_factory=list)
+    answers_after: List[str] = field(default_factory=list)
+
+
+def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], Any],
+                   generation: bool = True, pre_scores: bool = False,
+                   probabilities: bool = False, answers: int = 0,
+                   progress: bool = False) -> EditReport:
+    """Snapshot the unedited model, run ``edit(model)`` (timed), score the edited one.
+
+    ``edit`` returns the edited model, or ``(edited_model, weights_copy)`` as EasyEdit's
+    methods do (e.g. ``lambda m: apply_locft_to_model(m, tok, requests, hp)``). Before it:
+    the locality snapshot, ``pre_scores`` (teacher-forced scores of the unedited model),
+    ``probabilities`` (CounterFact's probability scores) and the greedy answers to the first
+    ``answers`` prompts. After it: :func:`evaluate_requests` (with generation exact match
+    when ``generation``), the probability scores and the answers again."""
+    kw = {"progress": progress}
+    prompts = [r["prompt"] for r in requests[:answers]]
+    loc_before = locality_snapshot(model, tok, requests, **kw)
+    before: Dict[str, Any] = {}
+    if pre_scores:
+        before.update(evaluate_requests(model, tok, requests, generation=False, **kw))
+    if probabilities:
+        before["probability"] = probability_scores(model, tok, requests, **kw)
+    answers_before = generate_answers(model, tok, prompts, **kw) if prompts else []
+    t0 = time.perf_counter()
+    out = edit(model)
+    seconds = time.perf_counter() - t0
+    model, weights_copy = out if isinstance(out, tuple) else (out, {})
+    after = evaluate_requests(model, tok, requests, loc_before, generation=generation, **kw)
+    if probabilities:
+        after["probability"] = probability_scores(model, tok, requests, **kw)
+    answers_after = generate_answers(model, tok, prompts, **kw) if prompts else []
+    return EditReport(model, weights_copy, seconds, before, after, answers_before,
+                      answers_after)

@@ -9,7 +9,7 @@ Scores (each 0..1, higher is better):
 * ``locality``: EasyEdit's neighbourhood score on the requests' locality prompts (when they
   have them);
 * ``capability``: argmax agreement, before vs after, at every position of generic text that
-  the unedited model sampled after :data:`~locft_easyedit.preserve.HELDOUT_OPENINGS`
+  the unedited model sampled after :data:`~locft_easyedit.locft.regularizers.HELDOUT_OPENINGS`
   (never trained on, not even by the preservation loss); ``nll_change`` is the change of
   the mean negative log-likelihood of that text (reported, not ranked).
 
@@ -33,12 +33,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .encoding import pad_batch
 from .evaluate import locality_scores, locality_snapshot, token_accuracy
-from .forward import input_device, pad_id_of
-from .locft_hparams import LocFTHyperParams
-from .locft_main import execute_locft, num_layers, restore_weights
-from .preserve import HELDOUT_OPENINGS, sample_generic_text
+from .locft import LocFTHyperParams, execute_locft, weights_applied
+from .locft.encoding import pad_batch
+from .locft.modeling import input_device, num_layers, pad_id_of
+from .locft.regularizers import HELDOUT_OPENINGS, sample_generic_text
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,6 @@ def locate(model, tok, requests: Sequence[dict], hp: LocFTHyperParams,
     generic = sample_generic_text(model, tok, HELDOUT_OPENINGS, generic_samples, generic_tokens,
                                   seed=hp.seed + 1)
     gen_before, nll_before = _generic_state(model, tok, generic)
-    params = dict(model.named_parameters(remove_duplicate=False))
     rows = []
     total = len(layers) * len(modules)
     for li, layer in enumerate(layers):
@@ -105,11 +103,7 @@ def locate(model, tok, requests: Sequence[dict], hp: LocFTHyperParams,
                                          num_epochs=epochs, mini_batch_size=mbs)
             t0 = time.perf_counter()
             new, result = execute_locft(model, tok, requests, run_hp, progress=False)
-            originals = {n: params[n].detach().clone() for n in new}
-            try:
-                with torch.no_grad():
-                    for n, w in new.items():
-                        params[n].copy_(w)
+            with weights_applied(model, new):  # scored with the edit, then taken out again
                 row = {"layer": layer, "module": mname,
                        "reliability": _mean(token_accuracy(model, tok, prompts, targets))}
                 if reph:
@@ -120,8 +114,6 @@ def locate(model, tok, requests: Sequence[dict], hp: LocFTHyperParams,
                 gen_after, nll_after = _generic_state(model, tok, generic)
                 row["capability"] = float((gen_after == gen_before).float().mean())
                 row["nll_change"] = nll_after - nll_before
-            finally:
-                restore_weights(model, originals)
             row["score"] = _mean([row[m] for m in METRICS if m in row])
             row["steps"], row["seconds"] = result.steps, time.perf_counter() - t0
             rows.append(row)
@@ -225,10 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .datasets import load_dataset
     from .models import load_model
-    from .requests import load_dataset
 
-    raw_name = (yaml.safe_load(Path(args.hparams).read_text()) or {}).get("model_name")
     hp = LocFTHyperParams.from_hparams(args.hparams)
     modules = {}
     for item in args.modules.split(","):
@@ -248,7 +239,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "locft-locate " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     print(ranked_table(result))
     heatmap(result, out / "locate.png")
-    write_yaml(result, out / "locate.yaml", command, raw_name)
+    write_yaml(result, out / "locate.yaml", command)
     with open(out / "locate.jsonl", "w") as f:
         for row in result["rows"]:
             f.write(json.dumps(row) + "\n")

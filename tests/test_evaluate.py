@@ -2,7 +2,7 @@
 import torch
 
 from locft_easyedit import apply_locft_to_model
-from locft_easyedit.encoding import encode_one
+from locft_easyedit.locft.encoding import encode_one
 from locft_easyedit.evaluate import (probability_scores, target_logprobs, target_predictions,
                                      token_accuracy)
 from locft_easyedit.synthetic import OBJECTS

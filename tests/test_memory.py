@@ -6,9 +6,10 @@ import dataclasses
 import torch
 
 from locft_easyedit import execute_locft
-from locft_easyedit.encoding import encode_requests
-from locft_easyedit.forward import FastLoss, pad_id_of
-from locft_easyedit.locft_main import select_parameters
+from locft_easyedit.locft.encoding import encode_requests
+from locft_easyedit.locft.losses import FastLoss
+from locft_easyedit.locft.modeling import pad_id_of
+from locft_easyedit.locft import select_parameters
 from locft_easyedit.synthetic import synthetic_facts
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from locft_easyedit import LocFTHyperParams, execute_locft
-from locft_easyedit.preserve import (GENERIC_OPENINGS, coarse_kl, reference_distributions,
+from locft_easyedit.locft.regularizers import (GENERIC_OPENINGS, coarse_kl, reference_distributions,
                                      sample_generic_text)
 
 

@@ -21,12 +21,12 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import locft_easyedit.locft_main as locft_main
+import locft_easyedit.locft.locft_main as locft_main
 from locft_easyedit import (CheckpointError, LocFTHyperParams, RequestError, TrainingDiverged,
                             apply_locft_to_model, execute_locft, restore_weights,
                             validate_requests)
-from locft_easyedit.checkpoint import FILENAME
-from locft_easyedit.training import breadth_first
+from locft_easyedit.locft.checkpoint import FILENAME
+from locft_easyedit.locft.training import breadth_first
 
 from conftest import state_snapshot
 
@@ -136,7 +136,7 @@ def test_interrupt_during_write_back_restores(tiny_model, tiny_tok, facts, tiny_
     """Ctrl-C after some tensors of a whole-layer edit were written: all are put back."""
     hp = short(tiny_hp, rewrite_module_tmp="model.layers.{}", num_epochs=1)
     before = state_snapshot(tiny_model)
-    real_execute, real_copy = locft_main.execute_locft, torch.Tensor.copy_
+    real_execute, real_copy = locft_main.edit, torch.Tensor.copy_
     writes = {"n": 0}
 
     def copy_(self, src, *a, **kw):
@@ -150,7 +150,7 @@ def test_interrupt_during_write_back_restores(tiny_model, tiny_tok, facts, tiny_
         monkeypatch.setattr(torch.Tensor, "copy_", copy_)
         return out
 
-    monkeypatch.setattr(locft_main, "execute_locft", execute_then_arm)
+    monkeypatch.setattr(locft_main, "edit", execute_then_arm)
     with pytest.raises(KeyboardInterrupt):
         apply_locft_to_model(tiny_model, tiny_tok, facts, hp, progress=False)
     monkeypatch.undo()

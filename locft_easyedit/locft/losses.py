@@ -12,11 +12,16 @@ weights are never touched while training (a failed run leaves it as it was).
   is the same); the hidden states entering the first trained layer are computed once (the
   frozen-prefix cache) and each forward starts there; and only target positions go through
   the vocabulary projection.
+
+Locality terms (:mod:`.regularizers`) need the edited model's logits on their own generic
+texts: each loss computes them with the same forward it uses for the edits (so the fast path
+caches the texts' frozen prefix too) and hands them to :meth:`Regularizer.penalty`. The
+regularizer never calls back into the loss.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,22 +29,12 @@ from torch import nn
 from torch.func import functional_call
 
 from .encoding import Encoded, encode_requests, length_groups, pad_batch
-from .preserve import Regularizer, edit_loss
+from .modeling import find_layer_stack, input_device, pad_id_of
+from .regularizers import Regularizer
 
 logger = logging.getLogger(__name__)
 
 Subs = Callable[[], Dict[str, torch.Tensor]]
-
-
-def input_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-def pad_id_of(tok) -> int:
-    for cand in (tok.pad_token_id, tok.eos_token_id, 0):
-        if cand is not None:
-            return int(cand)
-    return 0
 
 
 def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
@@ -50,6 +45,28 @@ def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
     counts = torch.zeros(n_rows, dtype=ce.dtype, device=ce.device).index_add(
         0, rows, torch.ones_like(ce))
     return sums / counts
+
+
+def edit_loss(per_ex: torch.Tensor, denom: int, hp) -> Tuple[torch.Tensor, float]:
+    """``(what to backpropagate, what to report)`` for a micro-batch's per-example losses.
+    With ``per_example_stop`` an example already below ``loss_threshold`` gives no gradient."""
+    report = float(per_ex.detach().sum()) / denom
+    if getattr(hp, "per_example_stop", False):
+        per_ex = per_ex * (per_ex.detach() >= hp.loss_threshold)
+    return per_ex.sum() / denom, report
+
+
+def regularize(regularizer: Optional[Regularizer], subs: Dict[str, torch.Tensor],
+               logits_of: Callable[[List[int]], torch.Tensor]) -> None:
+    """Backpropagate the locality terms of one step: the regularizer names the generic texts
+    it wants this step, ``logits_of`` (the loss's own forward) computes their next-token
+    logits, and the regularizer turns them into its penalty."""
+    if regularizer is None:
+        return
+    idx = regularizer.next_batch()
+    term = regularizer.penalty(logits_of(idx) if idx else None, idx, subs)
+    if term is not None:
+        term.backward()
 
 
 class ReferenceLoss:
@@ -79,8 +96,7 @@ class ReferenceLoss:
         per_ex = ce.sum(1) / (labels != -100).sum(1)
         loss, report = edit_loss(per_ex, denom, self.hp)
         loss.backward()
-        if self.regularizer is not None:
-            self.regularizer.backward(subs, lambda idx: self._generic_logits(subs, idx))
+        regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx))
         return report
 
     def _generic_logits(self, subs, idx: Sequence[int]) -> torch.Tensor:
@@ -110,28 +126,14 @@ class _Stop(Exception):
     pass
 
 
-def find_layer_stack(model, names: Sequence[str]):
-    """``(prefix, ModuleList)`` of the decoder layer stack holding the named parameters."""
-    best = None
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if best is None or len(module) > len(best[1]):
-                best = (mname, module)
-    if best is None:
-        return None, None
-    prefix = best[0] + "."
-    if not all(n.startswith(prefix) for n in names):
-        return best[0], None
-    return best
-
-
 class FastLoss:
     """Same loss as :class:`ReferenceLoss`, without the wasted work."""
 
     def __init__(self, model, examples: List[Encoded], trained: Sequence[str], hp, subs: Subs,
                  pad_id: int, overhead_tokens: int = 64,
                  regularizer: Optional[Regularizer] = None):
-        # the regularizer's generic texts follow the edits (indices n_edits..), cached alike
+        # the regularizer's generic texts are sequences of this loss too: they follow the edits
+        # (indices n_edits..) and share the frozen-prefix cache and the target-only head
         self.regularizer = regularizer
         self.n_edits = len(examples)
         if regularizer is not None:
@@ -281,6 +283,6 @@ class FastLoss:
             total += report
         if self.regularizer is not None:
             subs = self.subs()
-            self.regularizer.backward(
-                subs, lambda idx: self._target_logits(subs, [self.n_edits + i for i in idx])[0])
+            regularize(self.regularizer, subs,
+                       lambda idx: self._target_logits(subs, [self.n_edits + i for i in idx])[0])
         return total

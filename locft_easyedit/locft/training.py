@@ -1,9 +1,10 @@
-"""The training loops: breadth-first (LocFT-BF) and depth-first (the paper's ablation).
+"""Training: :func:`train_tensors` (one run on the tensors a tuning supplies) and the loops it
+drives, breadth-first (LocFT-BF) and depth-first (the paper's ablation).
 
 ``loss_fn(indices, denom)`` runs forward and backward for the examples at ``indices`` and
 returns their summed per-example loss divided by ``denom`` (so a mini-batch's gradient is the
 mean over its examples). The loops below only decide which examples go together and when the
-optimizer steps. With a :class:`~locft_easyedit.checkpoint.Checkpointer` they start where its
+optimizer steps. With a :class:`~.checkpoint.Checkpointer` they start where its
 checkpoint left off and save one when due (after a mini-batch, or at an epoch's end).
 ``after_step(steps)``, when given, runs after every optimizer step (gradients
 still in place) with the number of steps taken so far: AdaLoRA's budget schedule hooks in there.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -19,16 +21,18 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import Checkpointer, Position
+from .errors import TrainingDiverged
+from .losses import FastLoss, ReferenceLoss
+from .modeling import frozen, pad_id_of
+from .regularizers import build_regularizer
+from .tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[Sequence[int], int], float]
 AfterStep = Optional[Callable[[int], None]]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the model is left as it was."""
 
 
 @dataclass
@@ -151,3 +155,47 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
 
 
 PIPELINES = {"breadth_first": breadth_first, "depth_first": depth_first}
+
+
+def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning, hparams,
+                  progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
+    """Run the ``hparams.pipeline`` loop on ``tuning.masters`` with the
+    ``hparams.implementation`` loss (plus the locality terms the hparams ask for); every other
+    parameter is frozen meanwhile and the model is in eval mode, except ``tuning.train_mode``.
+
+    The global RNG is seeded with ``hparams.seed`` for the run (dropout of adapters) and
+    restored afterwards; the shuffling order has its own generator."""
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), frozen(model), explain_oom(hparams, len(examples)):
+        torch.manual_seed(hparams.seed)
+        masters = tuning.masters
+        for m in masters.values():
+            m.requires_grad_(True)
+        for module in tuning.train_mode:
+            module.train()
+        # locality terms (None unless asked for); under data parallelism rank 0 alone adds
+        # them, since gradients are summed over ranks
+        reg = build_regularizer(model, tok, hparams, masters) if distributed.rank() == 0 else None
+        if hparams.implementation == "reference":
+            loss_fn = ReferenceLoss(model, tok, requests, hparams, tuning.subs, reg)
+        else:
+            loss_fn = FastLoss(model, examples, list(masters), hparams, tuning.subs,
+                               pad_id_of(tok), regularizer=reg)
+        step_fn = loss_fn
+        if tuning.extra_loss is not None:
+            def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)
+                value = loss_fn(indices, denom)
+                if distributed.rank() == 0:
+                    tuning.extra_loss().backward()
+                return value
+
+        if distributed.is_active():
+            step_fn = distributed.data_parallel(step_fn, masters)
+        with loss_fn:
+            result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
+                                                 progress and distributed.rank() == 0, ckpt,
+                                                 tuning.after_step)
+    logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
+                hparams.tuning, len(examples), result.epochs, result.steps,
+                time.perf_counter() - t0)
+    return result

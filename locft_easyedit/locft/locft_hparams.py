@@ -5,8 +5,10 @@ Shaped like an EasyEdit method's hyperparameters (``from_hparams(path)``, ``alg_
 importable and a plain object otherwise, so it works with or without EasyEdit.
 
 Every field is checked when the object is built: an unknown key, a wrong type, a value out
-of its range or a wrong ``alg_name`` raises ``ValueError`` naming the key (and the file,
-when read from one).
+of its range, a field the chosen ``tuning`` cannot use or a wrong ``alg_name`` raises
+:class:`~.errors.HparamsError` (a ``ValueError``) naming the key (and the file, when read from
+one). Parsing only parses: ``model_name`` stays as written (an ``embedded:`` name is resolved
+where the model is loaded).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any, List, Optional, Union
 
 import yaml
+
+from .errors import HparamsError
 
 try:  # subclass EasyEdit's base when it is there, so isinstance checks in EasyEdit pass
     from easyeditor.util.hparams import HyperParams as _Base  # type: ignore
@@ -42,7 +46,8 @@ class LocFTHyperParams(_Base):
     alg_name: str = _doc("Must be 'LocFT'.", default=ALG_NAME)
     model_name: str = _doc(
         "A local model folder, or 'embedded:smollm2-135m' for the embedded default model "
-        "(resolved to its cached folder by from_hparams).", default="embedded:smollm2-135m")
+        "(resolved to its cached folder where the model is loaded).",
+        default="embedded:smollm2-135m")
     device: Optional[Union[int, str]] = _doc(
         "CUDA index (int), 'cpu', 'cuda:N', or null for auto (first GPU, else CPU).", default=None)
     layers: List[int] = _doc("Decoder layer indices to train (0-based).",
@@ -113,7 +118,7 @@ class LocFTHyperParams(_Base):
 
     # --- adapters (peft) ---
     # tuning: lora / adalora train peft adapters placed only on the nn.Linear modules that
-    # layers x rewrite_module_tmp select (see locft_easyedit/adapters.py); same losses, same
+    # layers x rewrite_module_tmp select (see adapters.py in this folder); same losses, same
     # breadth-first / depth-first loops, same lr / epochs / mini-batch fields.
     tuning: str = _doc(
         "'full' (train the selected tensors themselves), 'lora' or 'adalora' (train peft "
@@ -149,7 +154,7 @@ class LocFTHyperParams(_Base):
     preserve_weight: float = _doc(
         "Weight of the preservation loss KL(original || edited) of next-token distributions "
         "on generic text sampled from the unedited model from the fixed openings in "
-        "locft_easyedit/preserve.py (never evaluation data); 0 turns it off.", default=0.0)
+        "regularizers.py of this folder (never evaluation data); 0 turns it off.", default=0.0)
     preserve_samples: int = _doc(
         "Generic texts sampled for the preservation loss (one per opening, cycling).",
         default=64)
@@ -172,34 +177,25 @@ class LocFTHyperParams(_Base):
 
     # --- EasyEdit's interface -------------------------------------------------------------
     @classmethod
-    def from_hparams(cls, hparams_name_or_path: Union[str, Path],
-                     resolve: bool = True) -> "LocFTHyperParams":
-        """Read a YAML (or JSON) file; ``.yaml`` may be left off. With ``resolve`` (the
-        default), ``embedded:`` model names become the cached folder of the embedded model."""
-        path = Path(str(hparams_name_or_path))
-        if path.suffix not in (".yaml", ".yml", ".json"):
-            path = Path(str(path) + ".yaml")
-        if not path.is_file():
-            raise ValueError(f"hparams file {str(path)!r} does not exist")
+    def from_hparams(cls, hparams_name_or_path: Union[str, Path]) -> "LocFTHyperParams":
+        """Read a YAML (or JSON) file, given as a path (``.yaml`` may be left off) or as the
+        name of a shipped file (``"llama3-8b"``, see :func:`shipped_hparams`). Only parses:
+        ``model_name`` is kept as written."""
+        path = find_hparams_file(hparams_name_or_path)
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+            raise HparamsError(f"{path}: not UTF-8 text ({exc})") from None
         try:
             config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
-        hp = cls.from_dict(config, source=str(path))
-        if resolve:
-            from .models import resolve_model_name  # lazy: keeps this module light
-
-            hp.model_name = resolve_model_name(hp.model_name)
-        return hp
+            raise HparamsError(f"{path}: not valid YAML/JSON: {exc}") from None
+        return cls.from_dict(config, source=str(path))
 
     @classmethod
     def from_dict(cls, config: Any, source: str = "<dict>") -> "LocFTHyperParams":
         if not isinstance(config, dict):
-            raise ValueError(f"{source}: hparams must be a mapping of keys to values, "
+            raise HparamsError(f"{source}: hparams must be a mapping of keys to values, "
                              f"got {type(config).__name__}")
         config = dict(config)
         if "alg" in config and "alg_name" not in config:  # EasyEdit's legacy key
@@ -207,14 +203,14 @@ class LocFTHyperParams(_Base):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(map(str, set(config) - known))
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+            raise HparamsError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
         if config.get("alg_name", ALG_NAME) != ALG_NAME:
-            raise ValueError(f"{source}: alg_name is {config['alg_name']!r}; "
+            raise HparamsError(f"{source}: alg_name is {config['alg_name']!r}; "
                              f"LocFTHyperParams needs alg_name: {ALG_NAME}")
         try:
             return cls(**config)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+        except HparamsError as exc:
+            raise HparamsError(f"{source}: {exc}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -233,7 +229,44 @@ class LocFTHyperParams(_Base):
         return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 
 
+# --- shipped files ---------------------------------------------------------------------------
+def shipped_hparams_dirs() -> List[Path]:
+    """Where shipped YAMLs live: the ``hparams/`` folder beside this method folder (package
+    data of an installed wheel) or, in a source checkout, the repository's top-level
+    ``hparams/`` (the one source that setuptools packages)."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here.parent / "hparams", here.parent.parent / "hparams") if d.is_dir()]
+
+
+def shipped_hparams() -> List[str]:
+    """Names of the shipped hparams files (without ``.yaml``)."""
+    names = {p.stem for d in shipped_hparams_dirs() for p in d.glob("*.yaml")}
+    return sorted(names)
+
+
+def find_hparams_file(name_or_path: Union[str, Path]) -> Path:
+    """The file a path names (``.yaml`` may be left off), else the shipped file of that name."""
+    path = Path(str(name_or_path))
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        path = Path(str(path) + ".yaml")
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        for folder in shipped_hparams_dirs():
+            if (folder / path.name).is_file():
+                return folder / path.name
+    raise HparamsError(f"hparams file {str(path)!r} does not exist (shipped names: "
+                       f"{', '.join(shipped_hparams()) or 'none found'})")
+
+
 # --- validation ------------------------------------------------------------------------------
+def _need(hp: "LocFTHyperParams"):
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise HparamsError(f"key {key!r}: {rule}, got {getattr(hp, key)!r}")
+    return need
+
+
 def _matches(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:
@@ -257,7 +290,7 @@ def _type_name(hint: Any) -> str:
 
 
 def validate(hp: LocFTHyperParams) -> None:
-    """Check every field's type and range; raise ValueError naming the key."""
+    """Check every field's type and range; raise HparamsError naming the key."""
     hints = typing.get_type_hints(type(hp))
     for f in dataclasses.fields(hp):
         value = getattr(hp, f.name)
@@ -269,18 +302,15 @@ def validate(hp: LocFTHyperParams) -> None:
             except ValueError:
                 pass
         if not _matches(value, hints[f.name]):
-            raise ValueError(f"key {f.name!r}: expected {_type_name(hints[f.name])}, "
+            raise HparamsError(f"key {f.name!r}: expected {_type_name(hints[f.name])}, "
                              f"got {value!r} ({type(value).__name__})")
         if floaty and value is not None:
             try:
                 setattr(hp, f.name, float(value))
             except OverflowError:
-                raise ValueError(f"key {f.name!r}: {value!r} is too large for a float") from None
+                raise HparamsError(f"key {f.name!r}: {value!r} is too large for a float") from None
 
-    def need(ok: bool, key: str, rule: str) -> None:
-        if not ok:
-            raise ValueError(f"key {key!r}: {rule}, got {getattr(hp, key)!r}")
-
+    need = _need(hp)
     need(hp.alg_name == ALG_NAME, "alg_name", f"must be {ALG_NAME!r}")
     need(bool(hp.model_name.strip()), "model_name", "must name a model folder")
     need(len(hp.layers) > 0 and all(i >= 0 for i in hp.layers), "layers",
@@ -337,10 +367,7 @@ TUNINGS = ("full", "lora", "adalora")
 
 def validate_adapters(hp: LocFTHyperParams) -> None:
     """Ranges of the adapter fields (types are checked by :func:`validate`)."""
-    def need(ok: bool, key: str, rule: str) -> None:
-        if not ok:
-            raise ValueError(f"key {key!r}: {rule}, got {getattr(hp, key)!r}")
-
+    need = _need(hp)
     need(hp.tuning in TUNINGS, "tuning", f"must be one of {TUNINGS}")
     need(hp.lora_rank >= 1, "lora_rank", "must be >= 1")
     need(math.isfinite(hp.lora_alpha) and hp.lora_alpha > 0, "lora_alpha", "must be > 0")
@@ -357,3 +384,18 @@ def validate_adapters(hp: LocFTHyperParams) -> None:
     need(0 <= hp.adalora_beta2 < 1, "adalora_beta2", "must be in [0, 1)")
     need(math.isfinite(hp.adalora_orth_reg_weight) and hp.adalora_orth_reg_weight >= 0,
          "adalora_orth_reg_weight", "must be >= 0")
+    # every field works with every tuning, or is refused here for the ones it does not
+    defaults = {f.name: f.default for f in dataclasses.fields(hp)}
+    unused = {"full": [k for k in defaults if k.startswith(("lora_", "adalora_"))],
+              "lora": [k for k in defaults if k.startswith("adalora_")],
+              "adalora": ["lora_rank"]}[hp.tuning]
+    for key in unused:
+        need(getattr(hp, key) == defaults[key], key,
+             f"is not used with tuning: {hp.tuning}; leave it at its default "
+             f"{defaults[key]!r} or choose the tuning that uses it")
+    need(hp.tuning != "adalora" or hp.checkpoint_dir is None, "checkpoint_dir",
+         "cannot be used with tuning: adalora (its rank allocator's state is not saved, so a "
+         "resumed run would differ); use tuning: lora or full, or checkpoint_dir: null")
+    need(hp.tuning == "full" or hp.anchor_weight == 0, "anchor_weight",
+         f"penalises W - W_original of the trained tensors and works with tuning: full only; "
+         f"with tuning: {hp.tuning} set it to 0 (lora_rank and lora_alpha bound the adapter)")

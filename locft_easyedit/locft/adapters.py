@@ -8,32 +8,31 @@ tuning; AdaLoRA's budget schedule (``update_and_allocate``) runs after every opt
 over ``total_step`` = epochs x mini-batches per epoch (depth-first: edits x ``num_epochs``),
 and its orthogonality penalty is added to every mini-batch's gradient.
 
-The base weights are never written: :func:`apply_adapter_to_model` returns the
-``peft.PeftModel`` (``model.unload()`` / :func:`remove_adapter` gives the base model back,
-``with model.disable_adapter():`` runs it without the edit; :func:`save_adapter` writes
-peft's own adapter format), or with ``lora_merge: true`` merges the adapter into the base
-weights and returns the plain model with the original tensors in ``weights_copy``
-(EasyEdit's restore: :func:`locft_easyedit.restore_weights`). If training fails, the
-adapters are removed and the model is as it was.
+This module supplies the adapter tuning (:func:`adapter_tuning`) to the one editing path in
+:mod:`.locft_main`, and peft's save / load / merge around it. The base weights are never
+written: ``apply_locft_to_model`` returns the ``peft.PeftModel`` (``model.unload()`` /
+:func:`remove_adapter` gives the base model back, ``with model.disable_adapter():`` runs it
+without the edit; :func:`save_adapter` writes peft's own adapter format), or with
+``lora_merge: true`` merges the adapter into the base weights and returns the plain model with
+the original tensors in ``weights_copy`` (EasyEdit's restore: ``restore_weights``). If training
+fails, the adapters are removed and the model is as it was.
 """
 from __future__ import annotations
 
-import copy as copy_module
 import logging
 import math
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .encoding import encode_requests
+from .errors import HparamsError, LocFTInputError
 from .locft_hparams import LocFTHyperParams
-from .locft_main import select_parameters, train_tensors
-from .requests import validate_requests
-from .training import TrainResult
+from .tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +40,15 @@ ADAPTER = "default"
 HPARAMS_FILE = "locft_hparams.yaml"
 
 
-def adapter_targets(model, hp: LocFTHyperParams) -> List[str]:
-    """Full names of the ``nn.Linear`` modules the selection covers, in a stable order.
+def adapter_targets(model, params: Sequence[str], hp: LocFTHyperParams) -> List[str]:
+    """Full names of the ``nn.Linear`` modules owning the selected ``params``, in a stable order.
 
     Parameters of other modules in the selection (norms, embeddings) get no adapter and stay
-    frozen; a selection with no ``nn.Linear`` raises ValueError."""
+    frozen; a selection with no ``nn.Linear`` raises HparamsError."""
     modules = dict(model.named_modules())
     targets: List[str] = []
     skipped: List[str] = []
-    for name in select_parameters(model, hp):
+    for name in params:
         owner = name.rsplit(".", 1)[0]
         if isinstance(modules.get(owner), nn.Linear):
             if owner not in targets:
@@ -57,7 +56,7 @@ def adapter_targets(model, hp: LocFTHyperParams) -> List[str]:
         else:
             skipped.append(name)
     if not targets:
-        raise ValueError(f"key 'rewrite_module_tmp': tuning {hp.tuning!r} puts adapters on "
+        raise HparamsError(f"key 'rewrite_module_tmp': tuning {hp.tuning!r} puts adapters on "
                          f"nn.Linear modules, and {hp.templates} with layers {hp.layers} selects "
                          f"none (parameters: {skipped[:6]})")
     if skipped:
@@ -93,7 +92,7 @@ def peft_config(hp: LocFTHyperParams, targets: Sequence[str], n_edits: int):
                              beta1=hp.adalora_beta1, beta2=hp.adalora_beta2,
                              orth_reg_weight=hp.adalora_orth_reg_weight, total_step=total,
                              **common)
-    raise ValueError(f"key 'tuning': {hp.tuning!r} is not an adapter tuning ('lora', 'adalora')")
+    raise HparamsError(f"key 'tuning': {hp.tuning!r} is not an adapter tuning ('lora', 'adalora')")
 
 
 def has_adapters(model) -> bool:
@@ -121,20 +120,20 @@ def _orth_penalty(peft_model, weight: float):
     return penalty
 
 
-def execute_adapter(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
-                    progress: bool = True) -> Tuple[Any, TrainResult]:
-    """Wrap ``model`` (in place) with a fresh adapter on the selected modules, train it, and
-    return ``(peft_model, TrainResult)``. The base weights and the base parameters'
-    ``requires_grad`` flags are untouched; on any exception the adapter is removed again."""
+@contextmanager
+def adapter_tuning(model, params: Dict[str, torch.nn.Parameter], hparams: LocFTHyperParams,
+                   n_edits: int) -> Iterator[Tuning]:
+    """Wrap ``model`` (in place) with a fresh adapter on the ``nn.Linear`` modules owning
+    ``params`` and yield its tensors and hooks; ``output()`` is the ``PeftModel``. The base
+    weights and the base parameters' ``requires_grad`` flags are untouched; if the block
+    raises, the adapter is removed again."""
     from peft import get_peft_model
 
     if has_adapters(model):
-        raise ValueError("the model already carries peft adapters: merge them (lora_merge: true) "
-                         "or unload them before another adapter edit")
-    requests = validate_requests(requests)
-    targets = adapter_targets(model, hparams)
-    examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
-    config = peft_config(hparams, targets, len(examples))
+        raise LocFTInputError("the model already carries peft adapters: merge them "
+                              "(lora_merge: true) or unload them before another adapter edit")
+    targets = adapter_targets(model, list(params), hparams)
+    config = peft_config(hparams, targets, n_edits)
     flags = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
     with warnings.catch_warnings():  # transformers' is_gradient_checkpointing deprecation
@@ -151,8 +150,8 @@ def execute_adapter(model, tok, requests: Sequence[dict], hparams: LocFTHyperPar
             after_step = peft_model.base_model.update_and_allocate
             if hparams.adalora_orth_reg_weight > 0:
                 extra = _orth_penalty(peft_model, hparams.adalora_orth_reg_weight)
-        result = train_tensors(model, tok, requests, examples, masters, dict, hparams, progress,
-                               after_step=after_step, extra_loss=extra, train_mode=dropouts)
+        yield Tuning(masters, dict, lambda: peft_model, after_step=after_step,
+                     extra_loss=extra, train_mode=dropouts)
     except BaseException:
         remove_adapter(peft_model)
         _restore_flags(model, flags, was_training)
@@ -161,7 +160,6 @@ def execute_adapter(model, tok, requests: Sequence[dict], hparams: LocFTHyperPar
     for p in masters.values():
         p.grad = None
     peft_model.train(was_training)
-    return peft_model, result
 
 
 def _restore_flags(model, flags: Dict[int, bool], was_training: bool) -> None:
@@ -169,29 +167,6 @@ def _restore_flags(model, flags: Dict[int, bool], was_training: bool) -> None:
         if id(p) in flags:
             p.requires_grad_(flags[id(p)])
     model.train(was_training)
-
-
-def apply_adapter_to_model(model, tok, requests: List[Dict], hparams: LocFTHyperParams,
-                           copy: bool = False, return_orig_weights: bool = False,
-                           keep_original_weight: bool = False, **kwargs: Any):
-    """``apply_locft_to_model`` for ``tuning: lora | adalora``; returns ``(model, weights_copy)``.
-
-    ``lora_merge: false``: the ``PeftModel`` (same underlying module object as ``model``
-    unless ``copy``), base weights untouched, ``weights_copy`` empty; ``model.unload()`` /
-    :func:`remove_adapter` gives the base back. ``lora_merge: true``: the plain model with the
-    adapter merged into the selected weights; ``weights_copy`` holds their originals when
-    ``return_orig_weights`` or ``keep_original_weight`` is set (undo with ``restore_weights``).
-    Extra keyword argument ``save_adapter_to`` (a folder): save the adapter before merging."""
-    if copy:
-        model = copy_module.deepcopy(model)
-    peft_model, _ = execute_adapter(model, tok, requests, hparams,
-                                    progress=kwargs.get("progress", True))
-    if kwargs.get("save_adapter_to"):
-        save_adapter(peft_model, kwargs["save_adapter_to"], hparams)
-    if not hparams.lora_merge:
-        return peft_model, {}
-    merged, originals = merge_adapter(peft_model)
-    return merged, (originals if (return_orig_weights or keep_original_weight) else {})
 
 
 def merge_adapter(peft_model) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
@@ -236,7 +211,7 @@ def load_adapter(model, folder: Union[str, Path], merge: bool = False):
     from peft import PeftModel
 
     if not (Path(folder) / "adapter_config.json").is_file():
-        raise ValueError(f"{folder}: no adapter_config.json (not a peft adapter folder)")
+        raise LocFTInputError(f"{folder}: no adapter_config.json (not a peft adapter folder)")
     peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER)
     peft_model.eval()
     if merge:

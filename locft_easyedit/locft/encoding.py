@@ -11,6 +11,7 @@ from typing import List, Sequence
 
 import torch
 
+from .errors import RequestError
 from .requests import normalise_target
 
 
@@ -37,9 +38,9 @@ def encode_one(tok, prompt: str, target: str, append_eos: bool = True,
     if append_eos and tok.eos_token_id is not None:
         target_ids.append(tok.eos_token_id)
     if len(target_ids) == 0:
-        raise ValueError(f"target {target!r} encodes to no tokens")
+        raise RequestError(f"target {target!r} encodes to no tokens")
     if len(target_ids) >= max_length:
-        raise ValueError(f"target {target!r} has {len(target_ids)} tokens, more than "
+        raise RequestError(f"target {target!r} has {len(target_ids)} tokens, more than "
                          f"max_length={max_length} allows; raise max_length")
     keep = max_length - len(target_ids)
     if len(prompt_ids) > keep:  # drop the prompt's start, keep the target whole
@@ -53,8 +54,8 @@ def encode_requests(tok, requests: Sequence[dict], append_eos: bool = True,
     for i, req in enumerate(requests):
         try:
             out.append(encode_one(tok, req["prompt"], req["target_new"], append_eos, max_length))
-        except ValueError as exc:
-            raise ValueError(f"request {i}: {exc}") from None
+        except RequestError as exc:
+            raise RequestError(f"request {i}: {exc}") from None
     return out
 
 

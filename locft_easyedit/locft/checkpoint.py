@@ -17,7 +17,7 @@ Resuming restores all of it, so a resumed run takes exactly the steps an uninter
 would: on the same device the final deltas are identical. When training ends the final
 state is saved too, so running the same edit again returns at once with the same result.
 
-Data-parallel runs (:mod:`locft_easyedit.distributed`): every process holds the same state,
+Data-parallel runs (:mod:`.distributed`): every process holds the same state,
 so only rank 0 writes; every rank reads. ``checkpoint_dir`` must therefore be a folder all
 ranks see (a shared filesystem); before training the ranks compare what they loaded and a
 run whose ranks would start from different positions is refused.
@@ -37,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import distributed
+from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +46,6 @@ FORMAT = 1
 # hparams that do not change the trajectory: a run may resume with other values of these
 NOT_FINGERPRINTED = ("checkpoint_dir", "checkpoint_every_epochs", "checkpoint_every_minutes",
                      "resume", "device", "model_name")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used (another run's, unreadable, or its folder unwritable)."""
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Locality-preserving loss terms (issue 10), called from the loss functions in ``forward.py``.
+"""Locality-preserving loss terms. They consume what the losses (:mod:`.losses`) computed: each
+step the loss asks :meth:`Regularizer.next_batch` which generic texts to run, computes their
+logits with its own forward, and adds :meth:`Regularizer.penalty` to the gradient.
 
 * **Preservation loss** (``preserve_weight``): ``KL(original || edited)`` of the next-token
   distributions on generic text. The text is sampled from the *unedited* model itself, once
@@ -9,7 +11,7 @@
   bound of the full KL), so memory stays small whatever the vocabulary.
 * **Anchor** (``anchor_weight``): ``sum((W - W_original)^2)`` over the trained tensors.
 * **Per-example stop** (``per_example_stop``): examples whose own loss is already below
-  ``loss_threshold`` give no gradient (:func:`edit_loss`).
+  ``loss_threshold`` give no gradient (:func:`.losses.edit_loss`).
 
 :data:`HELDOUT_OPENINGS` are other generic openings, never trained on; ``locate`` uses text
 sampled after them as its capability proxy.
@@ -17,12 +19,13 @@ sampled after them as its capability proxy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .encoding import Encoded
+from .encoding import Encoded, pad_batch
+from .modeling import input_device, left_padding, pad_id_of
 
 GENERIC_OPENINGS = [
     "What is the best way to learn a new language?",
@@ -81,9 +84,6 @@ def sample_generic_text(model, tok, openings: Sequence[str], n: int, new_tokens:
     """``n`` texts sampled (temperature 1, top-k 50) from ``model`` after the openings (cycled),
     each ending at its first EOS. Deterministic for a seed on one device; the global RNG is
     left as it was. ``prompt_len`` is 1: every next token after the first counts."""
-    from .evaluate import _left_padding  # lazy: evaluate imports forward, which imports us
-    from .forward import input_device, pad_id_of
-
     texts = [openings[i % len(openings)] for i in range(n)]
     out: List[Encoded] = []
     device = input_device(model)
@@ -91,7 +91,7 @@ def sample_generic_text(model, tok, openings: Sequence[str], n: int, new_tokens:
     model.eval()
     devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), _left_padding(tok):
+        with torch.random.fork_rng(devices=devices), left_padding(tok):
             torch.manual_seed(seed)
             for s in range(0, n, batch_size):
                 enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True)
@@ -123,9 +123,6 @@ class Reference:
 
 @torch.no_grad()
 def reference_distributions(model, tok, examples: List[Encoded], k: int) -> Reference:
-    from .encoding import pad_batch
-    from .forward import input_device, pad_id_of
-
     idx_out, logp_out = [], []
     for s in range(0, len(examples), 16):
         batch = examples[s:s + 16]
@@ -154,12 +151,10 @@ def coarse_kl(ref_idx: torch.Tensor, ref_logp: torch.Tensor,
     return kl.mean()
 
 
-# logits_of(indices into the generic texts) -> target-position logits [K, V], rows in order
-LogitsOf = Callable[[Sequence[int]], torch.Tensor]
-
-
 class Regularizer:
-    """The preservation and anchor terms; ``backward`` adds their gradient once per call."""
+    """The preservation and anchor terms of one run. Per step: :meth:`next_batch` names the
+    generic texts whose logits the preservation term needs (none when it is off), and
+    :meth:`penalty` turns those logits (and the current trained tensors) into the term."""
 
     def __init__(self, hp, originals: Dict[str, torch.Tensor],
                  reference: Optional[Reference] = None):
@@ -175,25 +170,29 @@ class Regularizer:
         return self.reference.examples if self.reference else []
 
     def next_batch(self) -> List[int]:
-        """The generic texts of this step: consecutive slices of a fixed permutation."""
+        """The generic texts of this step: consecutive slices of a fixed permutation (none
+        when the preservation term is off)."""
+        if self.hp.preserve_weight <= 0 or self.reference is None:
+            return []
         n, b = len(self.order), min(self.hp.preserve_batch, len(self.order))
         start = (self.calls * b) % n
         self.calls += 1
         return [self.order[(start + j) % n] for j in range(b)]
 
-    def backward(self, subs: Dict[str, torch.Tensor], logits_of: LogitsOf) -> None:
+    def penalty(self, logits: Optional[torch.Tensor], idx: Sequence[int],
+                subs: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """The weighted sum of the terms that are on, or None: the preservation KL on
+        ``logits`` (``[K, V]``, the next-token logits of the generic texts ``idx``, in order)
+        and the anchor on ``subs`` (the trained tensors as the model sees them)."""
         terms = []
-        if self.hp.preserve_weight > 0 and self.reference is not None:
-            idx = self.next_batch()
-            logits = logits_of(idx)
+        if logits is not None:
             ref_idx = torch.cat([self.reference.top_idx[i] for i in idx])
             ref_logp = torch.cat([self.reference.top_logp[i] for i in idx])
             terms.append(self.hp.preserve_weight * coarse_kl(ref_idx, ref_logp, logits))
         if self.hp.anchor_weight > 0:
             terms.append(self.hp.anchor_weight * sum(
                 ((subs[n].float() - w) ** 2).sum() for n, w in self.originals.items()))
-        if terms:
-            sum(terms).backward()
+        return sum(terms) if terms else None
 
 
 def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor]) -> Optional[Regularizer]:
@@ -207,12 +206,3 @@ def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor]) -> Optio
         reference = reference_distributions(model, tok, texts, hp.preserve_topk)
     originals = {n: m.detach().clone() for n, m in masters.items()}
     return Regularizer(hp, originals, reference)
-
-
-def edit_loss(per_ex: torch.Tensor, denom: int, hp) -> Tuple[torch.Tensor, float]:
-    """``(what to backpropagate, what to report)`` for a micro-batch's per-example losses.
-    With ``per_example_stop`` an example already below ``loss_threshold`` gives no gradient."""
-    report = float(per_ex.detach().sum()) / denom
-    if getattr(hp, "per_example_stop", False):
-        per_ex = per_ex * (per_ex.detach() >= hp.loss_threshold)
-    return per_ex.sum() / denom, report
