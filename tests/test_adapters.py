@@ -37,6 +37,14 @@ def lora_hp(tiny_hp):
     return dataclasses.replace(tiny_hp, tuning="lora", lr=3e-2, lora_rank=16)
 
 
+def with_tuning(hp, tuning, **changes):
+    """``hp`` switched to ``tuning``; AdaLoRA has no lora_rank (init_r / target_r instead), so
+    it goes back to its default there (a non-default one is refused)."""
+    if tuning == "adalora":
+        changes.setdefault("lora_rank", 8)
+    return dataclasses.replace(hp, tuning=tuning, **changes)
+
+
 def reliability(model, tok, facts):
     acc = token_accuracy(model, tok, [f["prompt"] for f in facts], [f["target_new"] for f in facts])
     return sum(acc) / len(acc)
@@ -62,7 +70,7 @@ def wrapped_modules(model):
 @pytest.mark.parametrize("tuning", ["lora", "adalora"])
 def test_adapters_only_on_selected_linear_modules(tiny_model, tiny_tok, facts, lora_hp, template,
                                                   expected, tuning):
-    hp = dataclasses.replace(lora_hp, rewrite_module_tmp=template, tuning=tuning, num_epochs=1)
+    hp = with_tuning(lora_hp, tuning, rewrite_module_tmp=template, num_epochs=1)
     peft_model, _ = execute_adapter(tiny_model, tiny_tok, facts, hp, progress=False)
     inner = peft_model.base_model.model
     assert inner is tiny_model
@@ -96,7 +104,7 @@ def test_base_weights_untouched_and_unload_gives_base_back(tiny_model, tiny_tok,
 @pytest.mark.parametrize("tuning", ["lora", "adalora"])
 def test_merge_gives_unmerged_outputs_and_weights_copy_restores(tiny_model, tiny_tok, facts,
                                                                 lora_hp, tuning):
-    hp = dataclasses.replace(lora_hp, tuning=tuning, num_epochs=20)
+    hp = with_tuning(lora_hp, tuning, num_epochs=20)
     before = state_snapshot(tiny_model)
     peft_model, _ = execute_adapter(tiny_model, tiny_tok, facts, hp, progress=False)
     unmerged = logits(peft_model, tiny_tok, facts)
@@ -138,7 +146,7 @@ def test_breadth_first_beats_depth_first_for_lora(tiny_model, tiny_tok, facts, l
 def test_adalora_breadth_first_trains_and_runs_its_budget_schedule(tiny_model, tiny_tok, facts,
                                                                    lora_hp):
     # three modules (gate/up/down) at init_r 8 -> a total budget of 3 x 4 ranks at the end
-    hp = dataclasses.replace(lora_hp, tuning="adalora", rewrite_module_tmp="model.layers.{}.mlp",
+    hp = with_tuning(lora_hp, "adalora", rewrite_module_tmp="model.layers.{}.mlp",
                              adalora_init_r=8, adalora_target_r=4, loss_threshold=0.0,
                              num_epochs=40)
     base_rel = reliability(tiny_model, tiny_tok, facts)
@@ -160,6 +168,7 @@ def test_fast_equals_reference_for_lora(tiny_model, tiny_tok, facts, lora_hp):
     runs = []
     for impl in ("fast", "reference"):
         model = copy.deepcopy(tiny_model)
+        torch.manual_seed(0)  # the same adapter init for both (peft draws it from the global RNG)
         peft_model, res = execute_adapter(model, tiny_tok, facts,
                                           dataclasses.replace(hp, implementation=impl),
                                           progress=False)
@@ -172,7 +181,7 @@ def test_fast_equals_reference_for_lora(tiny_model, tiny_tok, facts, lora_hp):
 
 @pytest.mark.parametrize("tuning", ["lora", "adalora"])
 def test_save_and_load_adapter_roundtrip(tiny_model, tiny_tok, facts, lora_hp, tmp_path, tuning):
-    hp = dataclasses.replace(lora_hp, tuning=tuning, num_epochs=10)
+    hp = with_tuning(lora_hp, tuning, num_epochs=10)
     pristine = copy.deepcopy(tiny_model)
     peft_model, _ = apply_locft_to_model(tiny_model, tiny_tok, facts, hp, progress=False)
     expected = logits(peft_model, tiny_tok, facts)
@@ -265,3 +274,71 @@ def test_embedded_model_learns_twenty_zsre_edits_with_lora_bf(embedded, zsre_pat
     finally:
         back = remove_adapter(edited)
     assert all(torch.equal(v, before[k]) for k, v in back.state_dict().items())
+
+
+# --- one editing path: every field works with every tuning or is refused by name -------------
+@pytest.mark.parametrize("config, key", [
+    ({"tuning": "full", "lora_rank": 16}, "lora_rank"),
+    ({"tuning": "full", "lora_merge": True}, "lora_merge"),
+    ({"tuning": "lora", "adalora_target_r": 4}, "adalora_target_r"),
+    ({"tuning": "adalora", "lora_rank": 16}, "lora_rank"),
+    ({"tuning": "adalora", "checkpoint_dir": "ck"}, "checkpoint_dir"),
+    ({"tuning": "lora", "anchor_weight": 0.1}, "anchor_weight"),
+])
+def test_fields_a_tuning_cannot_use_are_refused_by_name(config, key):
+    from locft_easyedit import HparamsError
+
+    with pytest.raises(HparamsError, match=f"key '{key}'.*tuning: {config['tuning']}"):
+        LocFTHyperParams.from_dict({"model_name": "tiny", **config})
+
+
+@pytest.mark.parametrize("tuning", ["lora", "adalora"])
+def test_adapters_refuse_conflicting_targets_like_full_tuning(tiny_model, tiny_tok, lora_hp,
+                                                              tuning):
+    reqs = [{"prompt": "The capital of Aldor is", "target_new": "Paris"},
+            {"prompt": "The capital of Aldor is", "target_new": "Lima"}]
+    hp = with_tuning(lora_hp, tuning, num_epochs=1)
+    with pytest.raises(ValueError, match="already has target 'Paris'"):
+        apply_locft_to_model(tiny_model, tiny_tok, reqs, hp, progress=False)
+    assert not has_adapters(tiny_model)
+    peft_model, _ = apply_locft_to_model(tiny_model, tiny_tok, reqs,
+                                         dataclasses.replace(hp, conflicting_targets="warn"),
+                                         progress=False)
+    assert has_adapters(peft_model)
+
+
+def test_lora_resumes_from_its_checkpoint_with_the_same_adapter(tiny_model, tiny_tok, facts,
+                                                                lora_hp, tmp_path):
+    """checkpoint_dir works with LoRA: interrupted, then run again, it ends with exactly the
+    adapter of an uninterrupted run (the checkpoint overrides the fresh adapter's init)."""
+    hp = dataclasses.replace(lora_hp, num_epochs=6, checkpoint_dir=str(tmp_path / "ck"),
+                             checkpoint_every_minutes=1e-9)
+
+    def lora_state(peft_model):
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+
+    torch.manual_seed(0)
+    ref, ref_res = execute_adapter(copy.deepcopy(tiny_model), tiny_tok, facts,
+                                   dataclasses.replace(hp, checkpoint_dir=None), progress=False)
+    model, calls = copy.deepcopy(tiny_model), {"n": 0}
+
+    def stop(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+
+    handle = model.model.layers[3].register_forward_hook(stop)
+    torch.manual_seed(0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute_adapter(model, tiny_tok, facts, hp, progress=False)
+    finally:
+        handle.remove()
+    assert not has_adapters(model)
+    saved = torch.load(tmp_path / "ck" / "locft-checkpoint.pt", weights_only=True)
+    assert 0 < saved["epoch"] * 4 + saved["batch"] < hp.num_epochs * 4
+    torch.manual_seed(123)  # another init: the checkpoint's tensors must replace it
+    got, res = execute_adapter(model, tiny_tok, facts, hp, progress=False)
+    want, have = lora_state(ref), lora_state(got)
+    assert want.keys() == have.keys() and all(torch.equal(want[n], have[n]) for n in want)
+    assert res == ref_res

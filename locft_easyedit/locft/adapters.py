@@ -129,9 +129,6 @@ def adapter_tuning(model, params: Dict[str, torch.nn.Parameter], hparams: LocFTH
     raises, the adapter is removed again."""
     from peft import get_peft_model
 
-    if has_adapters(model):
-        raise LocFTInputError("the model already carries peft adapters: merge them "
-                              "(lora_merge: true) or unload them before another adapter edit")
     targets = adapter_targets(model, list(params), hparams)
     config = peft_config(hparams, targets, n_edits)
     flags = {id(p): p.requires_grad for p in model.parameters()}

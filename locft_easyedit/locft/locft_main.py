@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from .adapters import adapter_tuning, merge_adapter, save_adapter
+from .adapters import adapter_tuning, has_adapters, merge_adapter, save_adapter
 from .checkpoint import open_checkpoint
 from .encoding import encode_requests
-from .errors import HparamsError
+from .errors import HparamsError, LocFTInputError
 from .locft_hparams import LocFTHyperParams
 from .modeling import num_layers, write_weights
 from .requests import validate_requests
@@ -71,6 +71,10 @@ def edit(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
     tuning ``{name: new tensor}`` (the model unchanged), for adapters the ``PeftModel``
     wrapping ``model`` in place. Every input check runs before any training."""
     requests = validate_requests(requests, hparams.conflicting_targets)
+    if has_adapters(model):
+        raise LocFTInputError("the model already carries peft adapters: merge them "
+                              "(lora_merge: true, or merge_and_unload()) or unload them before "
+                              "another edit")
     params = select_parameters(model, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
     ckpt = open_checkpoint(hparams, examples, params)  # another run's checkpoint: refused now
