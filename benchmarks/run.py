@@ -44,14 +44,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # use this checkout's package without installing it
-    sys.path.insert(0, str(REPO))
-
 HERE = Path(__file__).resolve().parent
-DATA_DIR = Path(os.environ.get("LOCFT_SHARED_DATA") or next(
-    (p for p in (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data")
-     if p.is_dir()), REPO.parent / "shared" / "data"))  # ../shared/data (also from a worktree)
+if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
+    sys.path.insert(0, str(HERE))
+from common import REPO, TINY, data_dir, data_path, load, tiny_hparams  # noqa: E402
+
+DATA_DIR = data_dir()
 DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json"}
 METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
@@ -85,7 +83,7 @@ def _token_chunks(tok, text: str, window: int, limit: int):
 def perplexity(model, tok) -> float:
     import torch
 
-    from locft_easyedit.forward import input_device
+    from locft_easyedit.locft.modeling import input_device
 
     chunks = _token_chunks(tok, corpus_parts()[1], PPL_WINDOW, PPL_WINDOWS)
     nll, count = 0.0, 0
@@ -173,26 +171,7 @@ def ensure_stats(model, tok, hp) -> dict:
     return info
 
 
-# --- models, data, hparams ---------------------------------------------------------------------
-def load(model_arg: str):
-    """``(model, tok, model_dir)``; ``tiny`` is the in-memory random Llama of the tests."""
-    import torch
-
-    if model_arg == "tiny":
-        from locft_easyedit.synthetic import build_tiny_model, build_tokenizer
-
-        tok = build_tokenizer()
-        torch.manual_seed(0)
-        model = build_tiny_model(len(tok))
-        model.config._name_or_path = "tiny-llama"  # EasyEdit's stats path is built from it
-        return model, tok, "tiny-llama"
-    from locft_easyedit import load_model
-    from locft_easyedit.models import resolve_model_name
-
-    model, tok = load_model(model_arg)
-    return model, tok, resolve_model_name(model_arg)
-
-
+# --- data, hparams (models: common.load) -------------------------------------------------------
 def requests_for(dataset: str, n: int):
     """The first ``n`` requests of the dataset that do not contradict an earlier one.
 
@@ -201,9 +180,9 @@ def requests_for(dataset: str, n: int):
     satisfy both, and LocFT refuses such a request set. Every method gets the same list: a
     request whose prompt already has another target is skipped and the next record taken."""
     from locft_easyedit import load_dataset
-    from locft_easyedit.requests import normalise_target
+    from locft_easyedit.locft.requests import normalise_target
 
-    every = load_dataset(DATA_DIR / DATA_FILES[dataset], dataset)
+    every = load_dataset(data_path(DATA_FILES[dataset]), dataset)
     seen, out, skipped = {}, [], []
     for r in every:
         target = normalise_target(r["target_new"])  # compared as validate_requests does
@@ -222,9 +201,9 @@ def requests_for(dataset: str, n: int):
 
 
 def capability_questions():
-    from locft_easyedit.requests import from_zsre, read_json
+    from locft_easyedit.datasets import from_zsre, read_json
 
-    recs = read_json(DATA_DIR / DATA_FILES["zsre"])[slice(*CAPABILITY_RECORDS)]
+    recs = read_json(data_path(DATA_FILES["zsre"]))[slice(*CAPABILITY_RECORDS)]
     pairs = [from_zsre(r)["locality"]["neighborhood"] for r in recs if r.get("loc")]
     # a QA frame: asked bare, the instruct model starts with a newline (an empty answer)
     return ([CAPABILITY_FRAME.format(p["prompt"]) for p in pairs],
@@ -234,9 +213,8 @@ def capability_questions():
 def locft_hparams(method: str, model_arg: str, hparams_path: str):
     from locft_easyedit import LocFTHyperParams
 
-    if model_arg == "tiny":
-        hp = LocFTHyperParams(model_name="tiny", layers=[2], lr=1e-2, num_epochs=60,
-                              mini_batch_size=8, device="cpu")
+    if model_arg == TINY:
+        hp = tiny_hparams(num_epochs=60, mini_batch_size=8, device="cpu")
     else:
         hp = LocFTHyperParams.from_hparams(hparams_path)
     if method == "locft-df":

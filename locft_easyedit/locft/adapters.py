@@ -144,7 +144,12 @@ def adapter_tuning(model, params: Dict[str, torch.nn.Parameter], hparams: LocFTH
                     if ".lora_dropout." in n and isinstance(m, nn.Dropout)]
         after_step = extra = None
         if hparams.tuning == "adalora":
-            after_step = peft_model.base_model.update_and_allocate
+            # peft counts global_step from 0 (update before increment); after_step gets the
+            # number of steps taken, so the first step is 0 here. (Passing 1-based counts
+            # skipped the sensitivity update of the last step before the final mask and
+            # failed with a KeyError when a run has a single step.)
+            def after_step(steps: int) -> None:
+                peft_model.base_model.update_and_allocate(steps - 1)
             if hparams.adalora_orth_reg_weight > 0:
                 extra = _orth_penalty(peft_model, hparams.adalora_orth_reg_weight)
         yield Tuning(masters, dict, lambda: peft_model, after_step=after_step,

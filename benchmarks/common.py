@@ -1,0 +1,72 @@
+"""What every benchmark script shares: where the data sets are, how a model is loaded, and the
+tiny test configuration.
+
+* data: ``$LOCFT_SHARED_DATA`` if set, else ``<repo>/../shared/data`` (:func:`data_dir`);
+  :func:`data_path` names both when a file is missing;
+* models: :func:`load` gives ``(model, tokenizer, model_dir)`` for ``tiny`` (the random Llama
+  of the tests), ``embedded:smollm2-135m`` or a local model folder;
+* :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model.
+
+The scripts import it as ``common`` with this folder on ``sys.path`` (run as a script, Python
+puts it there; loaded from a file, the script adds it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # use this checkout's package without installing it
+    sys.path.insert(0, str(REPO))
+
+DATA_ENV = "LOCFT_SHARED_DATA"
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+TINY = "tiny"
+TINY_NAME = "tiny-llama"  # the tiny model's _name_or_path (EasyEdit's stats path is built from it)
+
+
+def data_dir() -> Path:
+    """The folder of the shared data sets: ``$LOCFT_SHARED_DATA``, else ``<repo>/../shared/data``."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
+
+
+def data_path(name: str) -> Path:
+    """``data_dir() / name``; a clear error (naming the variable and the default) if absent."""
+    path = data_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data file {path} is missing: set {DATA_ENV} to the folder that holds {name} "
+            f"(unset, it is {DEFAULT_DATA_DIR})")
+    return path
+
+
+def load(model_arg: str, device=None, dtype=None):
+    """``(model, tok, model_dir)`` in eval mode. ``tiny`` is the in-memory random Llama of the
+    tests (``model_dir`` ``tiny-llama``); anything else goes through
+    :func:`locft_easyedit.load_model` (a local folder or ``embedded:smollm2-135m``, which
+    ``model_dir`` gives as the resolved folder)."""
+    if model_arg == TINY:
+        from locft_easyedit.synthetic import build_tiny_model, build_tokenizer
+
+        tok = build_tokenizer()
+        model = build_tiny_model(len(tok))  # seeded: the same weights every time
+        model.config._name_or_path = TINY_NAME
+        if device is not None or dtype is not None:
+            import torch
+
+            dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            model.to(device=device, dtype=dtype)
+        return model, tok, TINY_NAME
+    from locft_easyedit import load_model
+    from locft_easyedit.models import resolve_model_name
+
+    model, tok = load_model(model_arg, device=device, dtype=dtype)
+    return model, tok, resolve_model_name(model_arg)
+
+
+def tiny_hparams(**overrides):
+    """:class:`LocFTHyperParams` for the tiny model (layer 2 of 4, lr 1e-2), with ``overrides``."""
+    from locft_easyedit import LocFTHyperParams
+
+    return LocFTHyperParams(**{"model_name": TINY, "layers": [2], "lr": 1e-2, **overrides})
