@@ -21,25 +21,31 @@ import argparse
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
+    sys.path.insert(0, str(HERE))
+from common import REPO, data_path  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+import torch  # noqa: E402
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hparams", default=str(REPO / "hparams" / "smollm2-135m.yaml"))
-    ap.add_argument("--data", default=str(REPO.parent.parent / "shared/data/zsre_2k.json"))
+    ap.add_argument("--data", default=None,
+                    help="ZsRE file (default: zsre_2k.json in the shared data folder)")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=10, help="lifelong_edit chunk size")
     ap.add_argument("--easyedit-chunked", action="store_true",
                     help="also run batch_edit with batch_size=--chunk (scored per chunk)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    args.data = args.data or str(data_path("zsre_2k.json"))
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 

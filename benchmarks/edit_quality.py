@@ -6,6 +6,8 @@ generation exact match (the paper's), locality as EasyEdit's neighbourhood score
 
     python benchmarks/edit_quality.py --hparams hparams/smollm2-135m.yaml \
         --data ../shared/data/zsre_2k.json --n 100 --out benchmarks/results/quality.jsonl
+
+``--data`` defaults to zsre_2k.json in ``$LOCFT_SHARED_DATA`` (else ``../shared/data``).
 """
 from __future__ import annotations
 
@@ -13,19 +15,26 @@ import argparse
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
+    sys.path.insert(0, str(HERE))
+from common import data_path, load  # noqa: E402
 
-from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_dataset, load_model
-from locft_easyedit.evaluate import evaluate_requests, locality_snapshot
+import torch  # noqa: E402
+
+from locft_easyedit import LocFTHyperParams, apply_locft_to_model, load_dataset  # noqa: E402
+from locft_easyedit.evaluate import edit_and_score  # noqa: E402
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hparams", default="hparams/smollm2-135m.yaml")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/zsre_2k.json"))
+    ap.add_argument("--data", default=None,
+                    help="dataset file (default: zsre_2k.json in the shared data folder)")
     ap.add_argument("--dataset", default=None, help="zsre | counterfact | wikibigedit (guessed)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--offset", type=int, default=0)
@@ -43,19 +52,17 @@ def main(argv=None) -> dict:
     import yaml
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     hp = LocFTHyperParams.from_dict({**hp.to_dict(), **overrides}, source="--set")
-    model, tok = load_model(hp.model_name, device="cuda" if torch.cuda.is_available() else None,
-                            dtype=hp.dtype)
-    requests = load_dataset(args.data, args.dataset, n=args.n, offset=args.offset)
-    before = locality_snapshot(model, tok, requests)
-    pre = evaluate_requests(model, tok, requests, before, generation=False)
-    t0 = time.perf_counter()
-    model, _ = apply_locft_to_model(model, tok, requests, hp)
-    seconds = time.perf_counter() - t0
-    post = evaluate_requests(model, tok, requests, before, generation=not args.no_generation,
-                             progress=True)
-    result = {"n": len(requests), "data": Path(args.data).name, "hparams": args.hparams,
-              "overrides": overrides, "pre": pre, "post": post, "seconds": seconds,
-              "seconds_per_edit": seconds / len(requests),
+    data = Path(args.data) if args.data else data_path("zsre_2k.json")
+    model, tok, _ = load(hp.model_name, device="cuda" if torch.cuda.is_available() else None,
+                         dtype=hp.dtype)
+    requests = load_dataset(data, args.dataset, n=args.n, offset=args.offset)
+    scored = edit_and_score(model, tok, requests,
+                            lambda m: apply_locft_to_model(m, tok, requests, hp),
+                            generation=not args.no_generation, pre_scores=True, progress=True)
+    seconds, pre, post = scored.seconds, scored.before, scored.after
+    result = {"n": len(requests), "data": data.name, "hparams": args.hparams,
+              "overrides": overrides, "pre": pre, "post": post,
+              "seconds": seconds, "seconds_per_edit": seconds / len(requests),
               "machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
                          f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
               "date": time.strftime("%Y-%m-%d")}

@@ -49,7 +49,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
     sys.path.insert(0, str(HERE))
 from common import REPO, TINY, data_dir, data_path, load, tiny_hparams  # noqa: E402
 
-DATA_DIR = data_dir()
+DATA_DIR = data_dir()  # the shared data folder (common.data_dir; the tests read it here)
 DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json"}
 METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
@@ -237,7 +237,7 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
     path = easyedit_yaml(method)
     cfg = yaml.safe_load(path.read_text())
     cfg["model_name"] = str(model_dir)
-    if model_arg == "tiny":  # 4 layers
+    if model_arg == TINY:  # 4 layers
         cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]}}.get(
             cfg["alg_name"], {"layers": [1, 2]}))
         if "v_loss_layer" in cfg:
@@ -289,7 +289,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
 
         hp = locft_hparams(method, model_arg, args.hparams)
         apply_locft_to_model(model, tok, requests, hp)
-        if model_arg == "tiny":
+        if model_arg == TINY:
             return "tiny (tests)", extra
         path = Path(args.hparams).resolve()
         return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), extra
@@ -309,7 +309,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         extra["implementation"] = ("stand-in: LocFT depth_first with FT-M's steps, no EOS "
                                    f"(EasyEdit not importable: {type(exc).__name__})")
         return "ft-m stand-in", extra
-    stats_dir = stats_root() / ("tiny" if model_arg == "tiny" else "embedded")
+    stats_dir = stats_root() / ("tiny" if model_arg == TINY else "embedded")
     stats_dir.mkdir(parents=True, exist_ok=True)
     hp, hp_path = easyedit_hparams(method, model_arg, model_dir, stats_dir)
     if getattr(hp, "mom2_adjustment", False):
@@ -335,8 +335,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
 def run_one(args) -> dict:
     import torch
 
-    from locft_easyedit.evaluate import (evaluate_requests, generate_answers, locality_snapshot,
-                                         probability_scores)
+    from locft_easyedit.evaluate import edit_and_score
 
     method, dataset, n = args.one
     n = int(n)
@@ -344,21 +343,26 @@ def run_one(args) -> dict:
     torch.manual_seed(0)
     requests = requests_for(dataset, n)  # data problems surface before the model loads
     model, tok, model_dir = load(args.model)
-    model.eval()
     out = Path(args.out).resolve()
     before_cap = baseline(model, tok, args.model, out)
-    loc_before = locality_snapshot(model, tok, requests)
-    # CounterFact's probability scores (efficacy / paraphrase / neighbourhood), before and after
-    probs = {"before": probability_scores(model, tok, requests)} if dataset == "counterfact" else {}
-    t0 = time.perf_counter()
-    hp_desc, extra = apply_edits(method, model, tok, requests, args.model, model_dir, args)
-    seconds = time.perf_counter() - t0
-    model.eval()
-    post = evaluate_requests(model, tok, requests, loc_before, generation=True, progress=True)
-    if probs:
-        probs["after"] = probability_scores(model, tok, requests, progress=True)
-    sample = requests[:SAMPLE_ANSWERS]  # what greedy generation actually says, to read
-    answers = generate_answers(model, tok, [r["prompt"] for r in sample])
+    done = {}
+
+    def edit(m):
+        done["hp_desc"], done["extra"] = apply_edits(method, m, tok, requests, args.model,
+                                                     model_dir, args)
+        return m.eval()
+
+    # snapshot -> edit (timed) -> score every edit; CounterFact's probability scores
+    # (efficacy / paraphrase / neighbourhood) before and after; greedy answers to the first
+    # SAMPLE_ANSWERS prompts (the row keeps those after editing: what generation says, to read)
+    scored = edit_and_score(model, tok, requests, edit, generation=True,
+                            probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
+                            progress=True)
+    model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
+    post = {k: v for k, v in scored.after.items() if k != "probability"}
+    probs = {when: d["probability"] for when, d in
+             (("before", scored.before), ("after", scored.after)) if "probability" in d}
+    sample = requests[:SAMPLE_ANSWERS]
     after_cap = capability(model, tok)
     return {"method": method, "dataset": dataset, "n": n, "model": args.model,
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
@@ -380,7 +384,7 @@ def run_one(args) -> dict:
                if k != "neighborhood_prompts"},
             **({"neighborhood_prompts": probs["after"]["neighborhood_prompts"]} if probs else {}),
             "answers_sample": [{"prompt": r["prompt"], "target": r["target_new"], "answer": a}
-                               for r, a in zip(sample, answers)], **extra}
+                               for r, a in zip(sample, scored.answers_after)], **extra}
 
 
 # --- the sweep -------------------------------------------------------------------------------

@@ -23,31 +23,32 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "zsre_2k.json"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
+    sys.path.insert(0, str(HERE))
+from common import DATA_ENV, REPO, TINY, data_path, load, tiny_hparams  # noqa: E402
+
+DATA = "zsre_2k.json"  # in the shared data folder (common.data_path)
 
 
 def _setup(args, n):
     """``(model, tok, requests, hparams)`` for one configuration."""
     import torch
 
-    from locft_easyedit import LocFTHyperParams, load_dataset
-    from locft_easyedit.synthetic import build_tiny_model, build_tokenizer, synthetic_facts
+    from locft_easyedit import LocFTHyperParams
+    from locft_easyedit.synthetic import synthetic_facts
 
     overrides = {"implementation": args.impl}
     if args.epochs:
         overrides.update(num_epochs=args.epochs, loss_threshold=0.0)  # fixed work per edit
     if args.model == "embedded":
         hp = LocFTHyperParams.from_hparams(args.hparams)
-        from locft_easyedit import load_model
-
-        model, tok = load_model(hp.model_name, device="cuda" if torch.cuda.is_available() else None)
+        model, tok, _ = load(hp.model_name, device="cuda" if torch.cuda.is_available() else None)
         requests = _zsre(n, args.data)
-    elif args.model == "tiny":
-        tok = build_tokenizer()
-        model = build_tiny_model(len(tok), layers=4, hidden=64, intermediate=128)
+    elif args.model == TINY:
+        model, tok, _ = load(TINY)
         requests = synthetic_facts(n)
-        hp = LocFTHyperParams(model_name="tiny", layers=[2], lr=1e-2, mini_batch_size=32)
+        hp = tiny_hparams(mini_batch_size=32)
     else:  # a LLaMA3-8B-shaped random model (bf16 on GPU), ZsRE prompts and targets
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -76,7 +77,7 @@ def _setup(args, n):
 def _zsre(n, data):
     from locft_easyedit import load_dataset
 
-    base = load_dataset(data, "zsre")
+    base = load_dataset(data or data_path(DATA), "zsre")
     out = []
     while len(out) < n:  # beyond 2,000 edits, repeat prompts with a numbered prefix
         k = len(out) // len(base)
@@ -90,8 +91,9 @@ def measure(args) -> dict:
     import torch
 
     from locft_easyedit import execute_locft
-    from locft_easyedit.encoding import encode_requests
     from locft_easyedit.evaluate import token_accuracy
+    from locft_easyedit.locft.encoding import encode_requests
+    from locft_easyedit.locft.modeling import weights_applied
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if torch.cuda.is_available():
@@ -117,12 +119,9 @@ def measure(args) -> dict:
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if not args.no_score and args.model != "llama8b-shaped":
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, w in new.items():
-                params[name].copy_(w)
-        acc = token_accuracy(model, tok, [r["prompt"] for r in requests],
-                             [r["target_new"] for r in requests], batch_size=64)
+        with weights_applied(model, new):
+            acc = token_accuracy(model, tok, [r["prompt"] for r in requests],
+                                 [r["target_new"] for r in requests], batch_size=64)
         out["reliability"] = sum(acc) / len(acc)
     return out
 
@@ -133,7 +132,8 @@ def main(argv=None):
     ap.add_argument("--model", choices=["embedded", "tiny", "llama8b-shaped"], default="embedded")
     ap.add_argument("--n", type=int, nargs="+", default=[100], help="numbers of edits")
     ap.add_argument("--hparams", default=str(REPO / "hparams" / "smollm2-135m.yaml"))
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=None,
+                    help=f"ZsRE file (default: {DATA} in ${DATA_ENV}, else ../shared/data)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="fixed epochs (turns off early stopping so every run does equal work)")
     ap.add_argument("--only", choices=["fast", "reference"], default=None)
@@ -152,7 +152,8 @@ def main(argv=None):
     for n in args.n:
         for impl in ([args.only] if args.only else ["fast", "reference"]):
             cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--model", args.model,
-                   "--hparams", args.hparams, "--data", args.data]
+                   "--hparams", args.hparams]
+            cmd += ["--data", args.data] if args.data else []
             cmd += ["--epochs", str(args.epochs)] if args.epochs else []
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--scale-down"] if args.scale_down else []

@@ -233,8 +233,9 @@ def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], A
     prompts = [r["prompt"] for r in requests[:answers]]
     loc_before = locality_snapshot(model, tok, requests, **kw)
     before: Dict[str, Any] = {}
-    if pre_scores:
-        before.update(evaluate_requests(model, tok, requests, generation=False, **kw))
+    if pre_scores:  # locality of the unedited model against its own snapshot: 1 (or NaN)
+        before.update(evaluate_requests(model, tok, requests, loc_before, generation=False,
+                                        **kw))
     if probabilities:
         before["probability"] = probability_scores(model, tok, requests, **kw)
     answers_before = generate_answers(model, tok, prompts, **kw) if prompts else []
