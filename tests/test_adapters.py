@@ -225,18 +225,6 @@ def test_second_adapter_edit_on_adapted_model_is_refused(tiny_model, tiny_tok, f
         apply_locft_to_model(peft_model, tiny_tok, facts, hp, progress=False)
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"tuning": "qlora"}, "tuning"), ({"lora_rank": 0}, "lora_rank"),
-    ({"lora_alpha": 0.0}, "lora_alpha"), ({"lora_dropout": 1.0}, "lora_dropout"),
-    ({"adalora_init_r": 2, "adalora_target_r": 4}, "adalora_init_r"),
-    ({"adalora_tinit": 0.6, "adalora_tfinal": 0.5}, "adalora_tfinal"),
-    ({"adalora_delta_t": 0}, "adalora_delta_t"), ({"lora_merge": "yes"}, "lora_merge"),
-])
-def test_bad_adapter_hparams_name_the_key(change, key):
-    with pytest.raises(ValueError, match=f"key '{key}'"):
-        LocFTHyperParams.from_dict({"model_name": "tiny", **change})
-
-
 def test_selection_without_linear_modules_is_refused(tiny_model, tiny_tok, facts, lora_hp):
     hp = dataclasses.replace(lora_hp, rewrite_module_tmp="model.layers.{}.input_layernorm.weight")
     with pytest.raises(ValueError, match="selects none"):

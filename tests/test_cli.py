@@ -107,6 +107,26 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, tiny_files, make, w
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_internal_value_error_is_exit_1_not_bad_input(tmp_path, tiny_dir, tiny_files, monkeypatch,
+                                                     capsys):
+    """Only LocFTInputError is the user's input (exit 2); a ValueError from inside the code is
+    an internal failure (exit 1), and --debug shows its traceback."""
+    import locft_easyedit.cli as cli
+
+    def broken(*args, **kwargs):
+        raise ValueError("shape mismatch deep inside")
+
+    monkeypatch.setattr(cli, "edit_and_report", broken)
+    argv = ["run", "--requests", str(tmp_path / "edits.json"), "--hparams",
+            str(tmp_path / "hp.yaml"), "--model", str(tiny_dir),
+            "--patch-out", str(tmp_path / "p.safetensors")]
+    assert main(["--quiet"] + argv) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ValueError: shape mismatch deep inside" in err and "--debug" in err
+    with pytest.raises(ValueError, match="shape mismatch"):
+        main(["--quiet", "--debug"] + argv)
+
+
 class _nothing:
     def __enter__(self):
         return self

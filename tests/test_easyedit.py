@@ -125,8 +125,10 @@ def editor(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("easyedit_cwd"))
     try:
         hp = LocFTHyperParams.from_hparams(HPARAMS)
-        assert "llama" in hp.model_name.lower()
-        yield BaseEditor.from_hparams(hp)
+        assert hp.model_name == "embedded:smollm2-135m"  # parsing only parses
+        editor = BaseEditor.from_hparams(hp)  # the registration resolves it where EasyEdit loads
+        assert "llama" in editor.model_name.lower() and Path(editor.model_name).is_dir()
+        yield editor
     finally:
         os.chdir(cwd)
 

@@ -1,4 +1,5 @@
 """The standalone scores (locft_easyedit.evaluate) against direct computations on the tiny model."""
+import pytest
 import torch
 
 from locft_easyedit import apply_locft_to_model
@@ -59,4 +60,11 @@ def test_probability_scores_are_complementary_and_move_with_the_edit(tiny_model,
     after = probability_scores(edited, tiny_tok, reqs)
     assert after["efficacy_score"] == 1.0 > before["efficacy_score"]
     assert after["paraphrase_score"] >= before["paraphrase_score"]
-    assert 0.0 <= after["neighborhood_score"] <= 1.0
+    # a neighbourhood prompt that IS the edit prompt: "true beats new" there is the complement
+    # of efficacy, so after the edit it must be 0 (and before it, 1 - efficacy before)
+    own = [{**r, "locality": {"neighborhood": {"prompt": [r["prompt"]],
+                                               "ground_truth": [r["ground_truth"]]}}}
+           for r in reqs]
+    assert probability_scores(edited, tiny_tok, own)["neighborhood_score"] == 0.0
+    assert probability_scores(tiny_model, tiny_tok, own)["neighborhood_score"] == \
+        pytest.approx(1 - before["efficacy_score"])

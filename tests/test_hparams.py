@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from locft_easyedit import LocFTHyperParams
+from locft_easyedit import HparamsError, LocFTHyperParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,12 +40,34 @@ def test_from_hparams_reads_yaml_with_or_without_suffix(tmp_path):
     ({"alg_name": "LocFT", "device": "gpu7"}, ["'device'"]),
     ({"alg_name": "LocFT", "dtype": "float8"}, ["'dtype'"]),
     ({"alg_name": "LocFT", "rewrite_module_tmp": []}, ["'rewrite_module_tmp'"]),
+    # reliability: ranges, checkpoints, conflicting targets
+    ({"seed": -1}, ["'seed'", "2**63", "-1"]),
+    ({"seed": 2**70}, ["'seed'"]),
+    ({"lr": 10**400}, ["'lr'", "too large"]),
+    ({"device": "cuda:x"}, ["'device'", "'cuda:x'"]),
+    ({"fp16": True, "bf16": True}, ["'bf16'", "fp16"]),
+    ({"checkpoint_dir": ""}, ["'checkpoint_dir'"]),
+    ({"checkpoint_dir": 3}, ["'checkpoint_dir'", "3"]),
+    ({"checkpoint_every_epochs": -1}, ["'checkpoint_every_epochs'", ">= 0"]),
+    ({"checkpoint_every_minutes": 0}, ["'checkpoint_every_minutes'", "> 0"]),
+    ({"checkpoint_every_minutes": ".inf"}, ["'checkpoint_every_minutes'"]),
+    ({"checkpoint_dir": "/tmp/x", "checkpoint_every_epochs": 0},
+     ["'checkpoint_every_epochs'", "never be written"]),
+    ({"resume": "yes"}, ["'resume'", "bool"]),
+    ({"conflicting_targets": "ignore"}, ["'conflicting_targets'", "'warn'"]),
+    ({1: 2, "lyers": 3}, ["unknown key(s) ['1', 'lyers']"]),
+    # adapters (peft)
+    ({"tuning": "qlora"}, ["'tuning'"]), ({"lora_rank": 0}, ["'lora_rank'"]),
+    ({"lora_alpha": 0.0}, ["'lora_alpha'"]), ({"lora_dropout": 1.0}, ["'lora_dropout'"]),
+    ({"adalora_init_r": 2, "adalora_target_r": 4}, ["'adalora_init_r'"]),
+    ({"adalora_tinit": 0.6, "adalora_tfinal": 0.5}, ["'adalora_tfinal'"]),
+    ({"adalora_delta_t": 0}, ["'adalora_delta_t'"]), ({"lora_merge": "yes"}, ["'lora_merge'"]),
 ])
 def test_bad_yaml_names_key_and_file(tmp_path, data, words):
-    path = write(tmp_path, data)
-    with pytest.raises(ValueError) as err:
+    path = write(tmp_path, {"alg_name": "LocFT", "model_name": "tiny", **data})
+    with pytest.raises(HparamsError) as err:
         LocFTHyperParams.from_hparams(path)
-    for word in words:
+    for word in [str(path)] + words:
         assert word in str(err.value)
 
 

@@ -23,8 +23,8 @@ def test_locate_function(tiny_model, tiny_tok, facts, tiny_hp, tmp_path):
     assert {(r["layer"], r["module"]) for r in rows} == {(l, m) for l in (1, 3) for m in MODULES}
     assert _sorted_ok(rows, result["min_reliability"])
     for r in rows:
-        for key in ("reliability", "generalization", "capability", "score"):
-            assert 0.0 <= r[key] <= 1.0
+        metrics = [r["reliability"], r["generalization"], r["capability"]]
+        assert r["score"] == pytest.approx(sum(metrics) / 3)
         assert "locality" not in r  # the synthetic facts have no locality prompts
     assert result["best"].layers == [rows[0]["layer"]]
     assert result["best"].num_epochs == tiny_hp.num_epochs  # the sweep's epochs are not kept
@@ -34,6 +34,29 @@ def test_locate_function(tiny_model, tiny_tok, facts, tiny_hp, tmp_path):
     assert LocFTHyperParams.from_hparams(tmp_path / "best.yaml").to_dict() == result["best"].to_dict()
     heatmap(result, tmp_path / "map.png")
     assert (tmp_path / "map.png").stat().st_size > 1000
+
+
+def test_a_sweep_that_takes_no_step_scores_the_unedited_model(tiny_model, tiny_tok, facts,
+                                                               tiny_hp):
+    """loss_threshold above every loss: no optimizer step, the weights stay as they are, so
+    each row must give exactly the unedited model's scores: capability 1, no NLL change, and
+    the reliability / generalization the scorer gives the model itself."""
+    import dataclasses
+
+    from locft_easyedit.evaluate import token_accuracy
+
+    hp = dataclasses.replace(tiny_hp, loss_threshold=1e9)
+    result = locate(tiny_model, tiny_tok, facts[:8], hp, layers=[1, 3],
+                    modules={"down_proj": MODULES["down_proj"]}, epochs=2, progress=False)
+    mean = lambda xs: sum(xs) / len(xs)
+    rel = mean(token_accuracy(tiny_model, tiny_tok, [f["prompt"] for f in facts[:8]],
+                              [f["target_new"] for f in facts[:8]]))
+    gen = mean(token_accuracy(tiny_model, tiny_tok, [f["rephrase_prompt"] for f in facts[:8]],
+                              [f["target_new"] for f in facts[:8]]))
+    for r in result["rows"]:
+        assert r["steps"] == 0
+        assert (r["reliability"], r["generalization"], r["capability"], r["nll_change"]) == \
+            (rel, gen, 1.0, 0.0)
 
 
 def test_default_layers():

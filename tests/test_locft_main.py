@@ -144,21 +144,6 @@ def test_bad_hparams_for_this_model(tiny_model, tiny_tok, facts, tiny_hp, change
     assert changed(before, tiny_model) == []
 
 
-@pytest.mark.parametrize("requests, message", [
-    ([], "no edit requests"),
-    ([{"prompt": "The capital of Aldor is", "target_new": ""}], "request 0: field 'target_new' is empty"),
-    ([{"prompt": "a", "target_new": "b"}, {"prompt": "x"}], "request 1: missing field 'target_new'"),
-    ([{"prompt": 3, "target_new": "b"}], "request 0: field 'prompt' must be a string"),
-    ([{"prompt": "p", "target_new": "b"}, {"prompt": "p", "target_new": "c"}], "request 1: prompt 'p'"),
-])
-def test_bad_requests(tiny_model, tiny_tok, tiny_hp, requests, message):
-    before = state_snapshot(tiny_model)
-    with pytest.raises(RequestError) as err:
-        apply_locft_to_model(tiny_model, tiny_tok, requests, tiny_hp, progress=False)
-    assert message in str(err.value)
-    assert changed(before, tiny_model) == []
-
-
 def test_nan_loss_stops_and_leaves_model_unchanged(tiny_model, tiny_tok, facts, tiny_hp):
     before = state_snapshot(tiny_model)
     with nan_at_forward(tiny_model), pytest.raises(TrainingDiverged, match="Lower lr"):
@@ -197,3 +182,17 @@ def test_fast_equals_reference_when_training_tied_embeddings(tiny_model, tiny_to
     ref, rr = execute_locft(tiny_model, tiny_tok, facts,
                             dataclasses.replace(hp, implementation="reference"), progress=False)
     assert rf.epoch_losses == pytest.approx(rr.epoch_losses, rel=1e-5)
+    name = "model.embed_tokens.weight"
+    base = tiny_model.lm_head.weight.detach().clone()
+    delta_fast, delta_ref = fast[name] - base, ref[name] - base
+    assert float((delta_fast - delta_ref).norm() / delta_ref.norm()) <= 1e-4
+    # the output head is the same tensor: written back, the head moved with the embeddings
+    # and the edited model's logits are those of the new head
+    edited, _ = apply_locft_to_model(tiny_model, tiny_tok, facts, hp, copy=True, progress=False)
+    assert edited.lm_head.weight is edited.model.embed_tokens.weight
+    assert torch.equal(edited.lm_head.weight, fast[name])
+    assert float((edited.lm_head.weight.detach() - base).norm()) > 1e-3
+    ids = tiny_tok(facts[0]["prompt"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hidden = edited.model(input_ids=ids).last_hidden_state
+        assert torch.allclose(edited(input_ids=ids).logits, hidden @ fast[name].T, atol=1e-5)

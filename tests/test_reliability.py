@@ -163,6 +163,7 @@ GOOD = {"prompt": "The capital of Aldor is", "target_new": "Paris"}
 
 
 @pytest.mark.parametrize("requests, message", [
+    ([], "no edit requests"),
     ("The capital of Aldor is", "requests must be a list of dicts, got str"),
     (None, "requests must be a list of dicts, got NoneType"),
     ([GOOD, 7], "request 1: must be a dict, got int 7"),
@@ -189,7 +190,7 @@ GOOD = {"prompt": "The capital of Aldor is", "target_new": "Paris"}
 ])
 def test_bad_requests_are_named(tiny_model, tiny_tok, tiny_hp, requests, message):
     before = state_snapshot(tiny_model)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(RequestError) as err:
         apply_locft_to_model(tiny_model, tiny_tok, requests, tiny_hp, progress=False)
     assert message in str(err.value)
     assert unchanged(before, tiny_model)
@@ -210,32 +211,6 @@ def test_duplicates_same_target_train_conflicts_switchable(tiny_model, tiny_tok,
 def test_rome_layout_target_is_unwrapped(tiny_model, tiny_tok, tiny_hp):
     reqs = validate_requests([{"prompt": "p", "target_new": {"str": "Paris"}}])
     assert reqs[0]["target_new"] == "Paris"
-
-
-@pytest.mark.parametrize("data, words", [
-    ({"seed": -1}, ["'seed'", "2**63", "-1"]),
-    ({"seed": 2**70}, ["'seed'"]),
-    ({"lr": 10**400}, ["'lr'", "too large"]),
-    ({"device": "cuda:x"}, ["'device'", "'cuda:x'"]),
-    ({"fp16": True, "bf16": True}, ["'bf16'", "fp16"]),
-    ({"checkpoint_dir": ""}, ["'checkpoint_dir'"]),
-    ({"checkpoint_dir": 3}, ["'checkpoint_dir'", "3"]),
-    ({"checkpoint_every_epochs": -1}, ["'checkpoint_every_epochs'", ">= 0"]),
-    ({"checkpoint_every_minutes": 0}, ["'checkpoint_every_minutes'", "> 0"]),
-    ({"checkpoint_every_minutes": ".inf"}, ["'checkpoint_every_minutes'"]),
-    ({"checkpoint_dir": "/tmp/x", "checkpoint_every_epochs": 0},
-     ["'checkpoint_every_epochs'", "never be written"]),
-    ({"resume": "yes"}, ["'resume'", "bool"]),
-    ({"conflicting_targets": "ignore"}, ["'conflicting_targets'", "'warn'"]),
-    ({1: 2, "lyers": 3}, ["unknown key(s) ['1', 'lyers']"]),
-])
-def test_bad_yaml_reliability_keys(tmp_path, data, words):
-    path = tmp_path / "hp.yaml"
-    path.write_text(yaml.safe_dump({"alg_name": "LocFT", "model_name": "tiny", **data}))
-    with pytest.raises(ValueError) as err:
-        LocFTHyperParams.from_hparams(path)
-    for word in [str(path)] + words:
-        assert word in str(err.value)
 
 
 def test_non_utf8_yaml(tmp_path):
