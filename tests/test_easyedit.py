@@ -20,6 +20,9 @@ from locft_easyedit.datasets import from_counterfact, load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 HPARAMS = REPO / "hparams" / "smollm2-135m.yaml"
+# the tensor the shipped YAML trains
+TRAINED = "model.layers.{}.mlp.down_proj.weight".format(
+    LocFTHyperParams.from_hparams(HPARAMS).layers[0])
 
 needs_easyedit = pytest.mark.skipif(
     not ee.easyedit_available(),
@@ -152,9 +155,9 @@ def test_batch_edit_is_one_breadth_first_run(editor, requests4, tmp_path, monkey
     assert s["n"] == 4
     assert s["pre_rewrite_acc"] < 0.5            # measured 0.08
     assert s["post_rewrite_acc"] >= 0.9          # measured 1.00
-    assert s["post_rephrase_acc"] >= 0.5         # measured 0.92
-    assert 0.0 <= s["post_locality"] <= 1.0      # measured 0.63
-    assert list(weights_copy) == ["model.layers.20.mlp.down_proj.weight"]
+    assert s["post_rephrase_acc"] >= 0.5         # measured 0.67 (layer 26, preserve_weight 4)
+    assert s["post_locality"] >= 0.5             # measured 0.75
+    assert list(weights_copy) == [TRAINED]
     after = _snapshot(editor.model)              # sequential_edit=False: EasyEdit restored it
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -170,7 +173,7 @@ def test_lifelong_edit_scores_on_the_final_model(editor, requests4, tmp_path, mo
         assert "neighborhood_acc" in res.metrics[0]["post"]["locality"]
         assert res.summary["pre_rewrite_acc"] < 0.5
         assert res.summary["post_rewrite_acc"] >= 0.9     # measured 1.00
-        name = "model.layers.20.mlp.down_proj.weight"
+        name = TRAINED
         assert torch.equal(res.weights_copy[name], before[name])  # the unedited original
         assert not torch.equal(dict(editor.model.named_parameters())[name], before[name])
         # post scores are those of the final model: rescoring now gives the same numbers
@@ -190,7 +193,7 @@ def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monke
     # batch_size 1: edit() runs the depth-first pipeline, one request at a time
     before = _snapshot(editor.model)
     monkeypatch.setattr(editor.hparams, "batch_size", 1)
-    name = "model.layers.20.mlp.down_proj.weight"
+    name = TRAINED
     try:
         metrics, edited, _ = editor.edit(**kw, sequential_edit=True, verbose=False)
         assert len(metrics) == 2
