@@ -196,3 +196,35 @@ def test_fast_equals_reference_when_training_tied_embeddings(tiny_model, tiny_to
     with torch.no_grad():
         hidden = edited.model(input_ids=ids).last_hidden_state
         assert torch.allclose(edited(input_ids=ids).logits, hidden @ fast[name].T, atol=1e-5)
+
+
+# --- the loop: backward only when stepping, epoch loss weighted by mini-batch size ------------
+def test_below_threshold_mini_batches_pay_no_backward(tiny_hp):
+    from locft_easyedit.locft.losses import StepLoss
+    from locft_easyedit.locft.training import breadth_first, depth_first
+
+    w = torch.zeros(3, requires_grad=True)
+    values = iter([0.5, 0.001, 0.5, 0.001, 0.001] + [0.001] * 20)
+    backwards = []
+
+    def loss_fn(idx, denom):
+        value = next(values)
+        return StepLoss(value, lambda: (backwards.append(value),
+                                        setattr(w, "grad", torch.ones(3))))
+
+    hp = dataclasses.replace(tiny_hp, num_epochs=2, mini_batch_size=8, loss_threshold=0.01)
+    res = breadth_first(loss_fn, 24, {"w": w}, hp, progress=False)  # 3 mini-batches an epoch
+    assert backwards == [0.5, 0.5] and res.steps == 2 and res.skipped == 4
+    backwards.clear()
+    values = iter([0.5, 0.5, 0.001, 0.001])
+    res = depth_first(loss_fn, 2, {"w": w}, dataclasses.replace(hp, num_epochs=5), progress=False)
+    assert backwards == [0.5, 0.5] and res.steps == 2
+
+
+def test_epoch_loss_is_the_mean_over_examples():
+    """N = 10, mini-batch 4: mini-batches of 4, 4 and 2 examples; a size-weighted mean, as the
+    authors compute it (the unweighted mean of the three would be 0.4)."""
+    from locft_easyedit.locft.training import epoch_mean
+
+    assert epoch_mean([0.1, 0.1, 1.0], 10, 4) == pytest.approx((0.4 + 0.4 + 2.0) / 10)
+    assert epoch_mean([0.3, 0.5], 10, 4) == pytest.approx((1.2 + 2.0) / 8)  # a resumed epoch

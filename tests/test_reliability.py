@@ -26,6 +26,7 @@ from locft_easyedit import (CheckpointError, LocFTHyperParams, RequestError, Tra
                             apply_locft_to_model, execute_locft, restore_weights,
                             validate_requests)
 from locft_easyedit.locft.checkpoint import FILENAME
+from locft_easyedit.locft.losses import StepLoss
 from locft_easyedit.locft.training import breadth_first
 
 from conftest import state_snapshot
@@ -123,8 +124,7 @@ def test_non_finite_loss_is_caught_at_the_step_that_made_it(tiny_hp):
 
     def loss_fn(idx, denom):
         seen.append(w.detach().clone())
-        w.grad = torch.ones(3)
-        return next(losses)
+        return StepLoss(next(losses), lambda: setattr(w, "grad", torch.ones(3)))
 
     with pytest.raises(TrainingDiverged, match="loss became inf at epoch 1, mini-batch 3"):
         breadth_first(loss_fn, 24, {"w": w}, tiny_hp, progress=False)

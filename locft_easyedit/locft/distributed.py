@@ -22,6 +22,8 @@ from typing import Callable, Dict, Sequence
 import torch
 import torch.distributed as dist
 
+from .losses import StepLoss
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,21 +49,27 @@ def init_from_env() -> bool:
     return True
 
 
-def data_parallel(loss_fn: Callable[[Sequence[int], int], float],
-                  masters: Dict[str, torch.Tensor]) -> Callable[[Sequence[int], int], float]:
-    """Wrap a loss function so that each process computes its share of the mini-batch and the
-    gradients and loss are summed over processes."""
+def data_parallel(loss_fn: Callable[[Sequence[int], int], StepLoss],
+                  masters: Dict[str, torch.Tensor]) -> Callable[[Sequence[int], int], StepLoss]:
+    """Wrap a loss function so that each process computes its share of the mini-batch: the
+    losses are summed over processes (every process sees the same value, so all take the same
+    step-or-skip decision), and a step's gradients are summed over processes too."""
     world, me = dist.get_world_size(), dist.get_rank()
 
-    def shared(indices: Sequence[int], denom: int) -> float:
+    def shared(indices: Sequence[int], denom: int) -> StepLoss:
         mine = list(indices)[me::world]
-        loss = loss_fn(mine, denom) if mine else 0.0
-        for m in masters.values():
-            if m.grad is None:
-                m.grad = torch.zeros_like(m)
-            dist.all_reduce(m.grad, op=dist.ReduceOp.SUM)
-        total = torch.tensor([loss], dtype=torch.float64)
+        step = loss_fn(mine, denom) if mine else None
+        total = torch.tensor([step.value if step else 0.0], dtype=torch.float64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return float(total)
+
+        def backward() -> None:
+            if step is not None:
+                step.backward()
+            for m in masters.values():
+                if m.grad is None:
+                    m.grad = torch.zeros_like(m)
+                dist.all_reduce(m.grad, op=dist.ReduceOp.SUM)
+
+        return StepLoss(float(total), backward)
 
     return shared

@@ -1,7 +1,10 @@
 """Losses of a mini-batch of edits, computed with gradients flowing only to the trained tensors.
 
 Both implementations compute the same number: cross-entropy on the target tokens only, mean
-over each example's target tokens, then mean over the mini-batch. The trained tensors are fp32
+over each example's target tokens, then mean over the mini-batch. A call returns a
+:class:`StepLoss`: the mini-batch's loss (what the thresholds see) and its ``backward``, which
+the training loop calls only for a mini-batch it steps on (one below ``loss_threshold`` pays no
+backward pass). The trained tensors are fp32
 master copies substituted into the model with ``torch.func.functional_call``, so the model's own
 weights are never touched while training (a failed run leaves it as it was).
 
@@ -21,6 +24,7 @@ regularizer never calls back into the loss.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -35,6 +39,16 @@ from .regularizers import Regularizer
 logger = logging.getLogger(__name__)
 
 Subs = Callable[[], Dict[str, torch.Tensor]]
+
+
+@dataclass
+class StepLoss:
+    """One mini-batch: ``value`` is its loss as the thresholds see it (a float, the locality
+    terms not included); ``backward()`` adds its gradient (edit loss + locality terms) to the
+    trained tensors, to be called once, only when the optimizer steps on it."""
+
+    value: float
+    backward: Callable[[], None]
 
 
 def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
@@ -84,7 +98,7 @@ class ReferenceLoss:
     def __exit__(self, *exc):
         return False
 
-    def __call__(self, indices: Sequence[int], denom: int) -> float:
+    def __call__(self, indices: Sequence[int], denom: int) -> StepLoss:
         batch = encode_requests(self.tok, [self.requests[i] for i in indices],
                                 self.hp.append_eos, self.hp.max_length)
         ids, mask, labels = pad_batch(batch, self.pad, input_device(self.model))
@@ -95,9 +109,12 @@ class ReferenceLoss:
         ce = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
         per_ex = ce.sum(1) / (labels != -100).sum(1)
         loss, report = edit_loss(per_ex, denom, self.hp)
-        loss.backward()
-        regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx))
-        return report
+
+        def backward() -> None:
+            loss.backward()
+            regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx))
+
+        return StepLoss(report, backward)
 
     def _generic_logits(self, subs, idx: Sequence[int]) -> torch.Tensor:
         """Logits at every next-token position of the regularizer's generic texts ``idx``."""
@@ -271,18 +288,24 @@ class FastLoss:
         dev = logits.device
         return logits, labels[rows, cols + 1].to(dev), rows.to(dev)
 
-    def __call__(self, indices: Sequence[int], denom: int) -> float:
+    def __call__(self, indices: Sequence[int], denom: int) -> StepLoss:
+        """Forward every length group (their graphs kept), so that ``backward`` runs only for
+        a mini-batch the loop steps on."""
         lengths = [self.examples[i].length for i in indices]
-        total = 0.0
+        losses, total = [], 0.0
         for group in length_groups(lengths, self.overhead):
             idx = [indices[g] for g in group]
             logits, labels, rows = self._target_logits(self.subs(), idx)
             per_ex = per_example_ce(logits, labels, rows, len(idx))
             loss, report = edit_loss(per_ex, denom, self.hp)
-            loss.backward()
+            losses.append(loss)
             total += report
-        if self.regularizer is not None:
-            subs = self.subs()
-            regularize(self.regularizer, subs,
-                       lambda idx: self._target_logits(subs, [self.n_edits + i for i in idx])[0])
-        return total
+
+        def backward() -> None:
+            sum(losses).backward()
+            if self.regularizer is not None:
+                subs = self.subs()
+                regularize(self.regularizer, subs, lambda idx: self._target_logits(
+                    subs, [self.n_edits + i for i in idx])[0])
+
+        return StepLoss(total, backward)

@@ -1,13 +1,16 @@
 """Training: :func:`train_tensors` (one run on the tensors a tuning supplies) and the loops it
 drives, breadth-first (LocFT-BF) and depth-first (the paper's ablation).
 
-``loss_fn(indices, denom)`` runs forward and backward for the examples at ``indices`` and
-returns their summed per-example loss divided by ``denom`` (so a mini-batch's gradient is the
-mean over its examples). The loops below only decide which examples go together and when the
-optimizer steps. With a :class:`~.checkpoint.Checkpointer` they start where its
-checkpoint left off and save one when due (after a mini-batch, or at an epoch's end).
-``after_step(steps)``, when given, runs after every optimizer step (gradients
-still in place) with the number of steps taken so far: AdaLoRA's budget schedule hooks in there.
+``loss_fn(indices, denom)`` runs the forward pass for the examples at ``indices`` and returns a
+:class:`~.losses.StepLoss`: their summed per-example loss divided by ``denom`` (so a
+mini-batch's gradient is the mean over its examples) and the ``backward`` that the loops call
+only for a mini-batch they step on. The loops decide which examples go together and when the
+optimizer steps. With a :class:`~.checkpoint.Checkpointer` they start where its checkpoint left
+off and save one when due (after a mini-batch, or at an epoch's end). ``after_step(steps)``,
+when given, runs after every optimizer step (gradients still in place) with the number of
+steps taken so far: AdaLoRA's budget schedule hooks in there. An epoch's loss is the mean over
+its examples (mini-batches weighted by their size, as the authors' code does), so the
+early stop does not depend on how N divides into mini-batches.
 """
 from __future__ import annotations
 
@@ -24,14 +27,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, Position
 from .errors import TrainingDiverged
-from .losses import FastLoss, ReferenceLoss
+from .losses import FastLoss, ReferenceLoss, StepLoss
 from .modeling import frozen, pad_id_of
 from .regularizers import build_regularizer
 from .tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[Sequence[int], int], float]
+LossFn = Callable[[Sequence[int], int], StepLoss]
 AfterStep = Optional[Callable[[int], None]]
 
 
@@ -75,6 +78,13 @@ def _adam(masters: Dict[str, torch.Tensor], hp) -> torch.optim.Optimizer:
     return torch.optim.Adam(list(masters.values()), lr=hp.lr, weight_decay=hp.weight_decay)
 
 
+def epoch_mean(losses: Sequence[float], n: int, mbs: int) -> float:
+    """The mean loss over the examples of an epoch from its mini-batch losses (each the mean
+    over its examples; mini-batch b holds ``min(mbs, n - b * mbs)`` of the ``n`` examples)."""
+    sizes = [min(mbs, n - b * mbs) for b in range(len(losses))]
+    return sum(loss * size for loss, size in zip(losses, sizes)) / sum(sizes)
+
+
 def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                   progress: bool = True, ckpt: Optional[Checkpointer] = None,
                   after_step: AfterStep = None) -> TrainResult:
@@ -94,12 +104,14 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
         for b in range(at.batch if resumed else 0, -(-n // mbs)):
             idx = order[b * mbs:(b + 1) * mbs]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(idx, len(idx))
+            step = loss_fn(idx, len(idx))
+            loss = step.value
             _check(loss, f"epoch {epoch + 1}, mini-batch {b + 1}", hp)
             losses.append(loss)
             if loss < hp.loss_threshold:
-                res.skipped += 1
+                res.skipped += 1  # no backward pass for it
             else:
+                step.backward()
                 opt.step()
                 res.steps += 1
                 if after_step is not None:
@@ -107,7 +119,7 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
             if ckpt:
                 ckpt.maybe_save(Position(epoch, b + 1, losses, epoch_gen), masters, opt, res)
         res.epochs = epoch + 1
-        epoch_loss = sum(losses) / len(losses)
+        epoch_loss = epoch_mean(losses, n, mbs)
         res.epoch_losses.append(epoch_loss)
         bar.set_postfix(loss=f"{epoch_loss:.4f}")
         logger.debug("epoch %d: mean loss %.5f", epoch + 1, epoch_loss)
@@ -137,10 +149,12 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
         loss = float("nan")
         for step in range(hp.num_epochs):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn([i], 1)
+            this = loss_fn([i], 1)
+            loss = this.value
             _check(loss, f"request {i}, step {step + 1}", hp)
             if loss < hp.loss_threshold:
                 break
+            this.backward()
             opt.step()
             res.steps += 1
             if after_step is not None:
@@ -184,10 +198,14 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
         step_fn = loss_fn
         if tuning.extra_loss is not None:
             def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)
-                value = loss_fn(indices, denom)
-                if distributed.rank() == 0:
-                    tuning.extra_loss().backward()
-                return value
+                step = loss_fn(indices, denom)
+
+                def backward() -> None:
+                    step.backward()
+                    if distributed.rank() == 0:
+                        tuning.extra_loss().backward()
+
+                return StepLoss(step.value, backward)
 
         if distributed.is_active():
             step_fn = distributed.data_parallel(step_fn, masters)
