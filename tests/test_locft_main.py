@@ -228,3 +228,40 @@ def test_epoch_loss_is_the_mean_over_examples():
 
     assert epoch_mean([0.1, 0.1, 1.0], 10, 4) == pytest.approx((0.4 + 0.4 + 2.0) / 10)
     assert epoch_mean([0.3, 0.5], 10, 4) == pytest.approx((1.2 + 2.0) / 8)  # a resumed epoch
+
+
+# --- the fast path is checked against the model itself before training -------------------------
+def test_fast_path_is_used_when_it_reproduces_the_model(tiny_model, tiny_tok, facts, tiny_hp):
+    _, res = execute_locft(tiny_model, tiny_tok, facts, dataclasses.replace(tiny_hp, num_epochs=2),
+                           progress=False)
+    assert (res.implementation, res.fallback) == ("fast", "")
+
+
+def test_fast_path_that_disagrees_falls_back_to_reference(tiny_model, tiny_tok, facts, tiny_hp,
+                                                          monkeypatch, caplog):
+    """A fast path that does not reproduce the model (here: logits off by 10%, as a head that
+    scales its logits would be) is caught before training; the run uses the reference loss,
+    says why in one log line, and gives exactly the reference run's edit."""
+    import logging
+
+    from locft_easyedit.locft.losses import FastLoss
+
+    hp = dataclasses.replace(tiny_hp, num_epochs=3)
+    ref, ref_res = execute_locft(tiny_model, tiny_tok, facts,
+                                 dataclasses.replace(hp, implementation="reference"),
+                                 progress=False)
+    real = FastLoss._target_logits
+
+    def off(self, subs, idx):
+        logits, labels, rows = real(self, subs, idx)
+        return logits * 1.1, labels, rows
+
+    monkeypatch.setattr(FastLoss, "_target_logits", off)
+    with caplog.at_level(logging.WARNING):
+        got, res = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    assert res.implementation == "reference"
+    assert "target logits differs from the model's own forward" in res.fallback
+    lines = [r.getMessage() for r in caplog.records if "fast path refused" in r.getMessage()]
+    assert len(lines) == 1 and "LlamaForCausalLM" in lines[0]
+    assert all(torch.equal(got[n], ref[n]) for n in ref)
+    assert res.epoch_losses == ref_res.epoch_losses

@@ -145,6 +145,11 @@ class Checkpointer:
                     "%d mini-batches into the next", self.path, pos.epoch, pos.batch)
         return pos
 
+    def finished(self, total: int) -> bool:
+        """Whether the loaded checkpoint is a finished run (``total``: epochs, depth-first:
+        requests), which the loops return at once."""
+        return self.state is not None and self.state["epoch"] >= total
+
     # --- writing ---------------------------------------------------------------------------
     def due(self, epoch_end: bool, epochs_done: int) -> bool:
         by_epoch = epoch_end and self.every_epochs > 0 and epochs_done % self.every_epochs == 0

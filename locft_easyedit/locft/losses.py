@@ -23,6 +23,7 @@ regularizer never calls back into the loss.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -127,10 +128,16 @@ class ReferenceLoss:
 
 class _Skip(nn.Module):
     """Stands in for a frozen decoder layer: passes its input on, or (the last one) emits the
-    cached hidden states of the current micro-batch."""
+    cached hidden states of the current micro-batch. It carries the plain attributes of the
+    layer it replaces (``attention_type``, ``layer_idx``, ``is_sliding``, ...), which some
+    models' forward reads from each layer."""
 
-    def __init__(self, as_tuple: bool, emit: bool):
+    def __init__(self, layer: nn.Module, as_tuple: bool, emit: bool):
         super().__init__()
+        for key, value in vars(layer).items():
+            if (not key.startswith("_") and key != "training"
+                    and isinstance(value, (str, int, float, bool, type(None)))):
+                setattr(self, key, value)
         self.as_tuple, self.emit = as_tuple, emit
         self.current: Optional[torch.Tensor] = None
 
@@ -150,7 +157,7 @@ class FastLoss:
                  pad_id: int, overhead_tokens: int = 64,
                  regularizer: Optional[Regularizer] = None):
         # the regularizer's generic texts are sequences of this loss too: they follow the edits
-        # (indices n_edits..) and share the frozen-prefix cache and the target-only head
+        # (indices n_edits..) and share the frozen-prefix cache and the target-only logits
         self.regularizer = regularizer
         self.n_edits = len(examples)
         if regularizer is not None:
@@ -159,28 +166,16 @@ class FastLoss:
         self.pad = pad_id
         self.overhead = overhead_tokens
         self.device = input_device(model)
-        prefix = model.base_model_prefix
-        self.base = getattr(model, prefix, None)
-        self.head = model.get_output_embeddings()
-        cfg = model.config
-        plain_head = not any(getattr(cfg, a, None) for a in ("final_logit_softcapping",
-                                                            "logit_scale", "output_mult"))
-        self.base_prefix = prefix + "."
-        # a trained tensor tied to the output head (e.g. tied input embeddings) must reach the
-        # head through the substitution, which only the full forward does
-        params = dict(model.named_parameters(remove_duplicate=False))
-        head_tied = self.head is not None and any(
-            params[n] is self.head.weight for n in trained if n in params)
-        self.head_only = (self.base is not None and self.head is not None and plain_head
-                          and not head_tied
-                          and all(n.startswith(self.base_prefix) for n in trained))
-        if not self.head_only:
-            logger.info("target-only logits unavailable for this model; using full logits")
+        # the model's own forward computes the logits (whatever its head does: scaling,
+        # soft-capping, tied weights); logits_to_keep limits them to the target positions
+        self.keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        if not self.keep:
+            logger.info("%s.forward takes no logits_to_keep: projecting every position",
+                        type(model).__name__)
         self.skips: List[_Skip] = []
         self.stack, self.first = None, 0
         self.cache = None
-        if self.head_only:
-            self._maybe_build_cache(trained)
+        self._maybe_build_cache(trained)
 
     # --- frozen-prefix cache ----------------------------------------------------------------
     def _maybe_build_cache(self, trained: Sequence[str]) -> None:
@@ -223,7 +218,7 @@ class FastLoss:
                     batch = [self.examples[i] for i in idx]
                     ids, mask, _ = pad_batch(batch, self.pad, self.device)
                     try:
-                        self.base(input_ids=ids, attention_mask=mask)
+                        self.model(input_ids=ids, attention_mask=mask)
                     except _Stop:
                         pass
                     h = captured["h"]
@@ -235,7 +230,7 @@ class FastLoss:
             h2.remove()
         self.cache, self.stack, self.first, self.stack_name = flat, stack, first, stack_name
         as_tuple = captured.get("tuple", False)
-        self.skips = [_Skip(as_tuple, emit=(i == first - 1)) for i in range(first)]
+        self.skips = [_Skip(stack[i], as_tuple, emit=(i == first - 1)) for i in range(first)]
         logger.info("frozen-prefix cache: layers 0..%d computed once (%.1f MB)", first - 1,
                     gb * 1024)
 
@@ -265,26 +260,22 @@ class FastLoss:
     # --- the loss ------------------------------------------------------------------------------
     def _target_logits(self, subs, idx: Sequence[int]):
         """``(logits [K, V], labels [K], rows [K])`` at the target positions of examples
-        ``idx``, in row order (one padded forward)."""
+        ``idx``, in row order (one padded forward of the model itself)."""
         batch = [self.examples[i] for i in idx]
         ids, mask, labels = pad_batch(batch, self.pad, self.device)
-        if self.head_only:
+        rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+        kwargs = {"input_ids": ids, "attention_mask": mask}
+        if self.keep:  # the positions some row predicts a target token at
+            positions, cols_kept = torch.unique(cols, return_inverse=True)
+            kwargs["logits_to_keep"] = positions
+        if self.cache is not None:
+            self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
+        try:
+            out = functional_call(self.model, subs, args=(), kwargs=kwargs)
+        finally:
             if self.cache is not None:
-                self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
-            base_subs = {k[len(self.base_prefix):]: v for k, v in subs.items()}
-            try:
-                out = functional_call(self.base, base_subs, args=(),
-                                      kwargs={"input_ids": ids, "attention_mask": mask})
-            finally:
-                if self.cache is not None:
-                    self.skips[-1].current = None
-            rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-            logits = self.head(out.last_hidden_state[rows, cols].to(self.head.weight.device))
-        else:
-            out = functional_call(self.model, subs, args=(),
-                                  kwargs={"input_ids": ids, "attention_mask": mask})
-            rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
-            logits = out.logits[rows, cols]
+                self.skips[-1].current = None
+        logits = out.logits[rows, cols_kept if self.keep else cols]
         dev = logits.device
         return logits, labels[rows, cols + 1].to(dev), rows.to(dev)
 
@@ -309,3 +300,54 @@ class FastLoss:
                     subs, [self.n_edits + i for i in idx])[0])
 
         return StepLoss(total, backward)
+
+
+# --- the fast path checked against the model itself --------------------------------------------
+# Largest relative differences the fast path may show on the probe batch, by compute dtype:
+# float32 differs from the plain forward only by summation order (measured <= 1e-6 on logits).
+PARITY_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
+PARITY_TOLERANCE_LOW_PRECISION = 3e-2  # bfloat16 / float16 rounding of a different batch shape
+PROBE_EXAMPLES = 8
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def fast_path_mismatch(fast: FastLoss, model, masters: Dict[str, torch.Tensor]) -> Optional[str]:
+    """None when the fast path reproduces the model on a probe batch (the first examples),
+    else why not. Compared with ``model(...)`` itself through ``functional_call``: the target
+    logits, the loss and its gradient on every trained tensor. This is what makes the fast
+    path safe on a family it was never tried on (a head that scales or caps its logits, a
+    layer the stand-in cannot replace, ...): a mismatch is caught before any training."""
+    idx = list(range(min(PROBE_EXAMPLES, fast.n_edits)))
+    names = list(masters)
+    ids, mask, labels = pad_batch([fast.examples[i] for i in idx], fast.pad, fast.device)
+    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+
+    def loss_and_grads(logits, tgt, r):
+        loss = per_example_ce(logits, tgt, r, len(idx)).mean()
+        grads = torch.autograd.grad(loss, [masters[n] for n in names], allow_unused=True)
+        return loss.detach(), [torch.zeros_like(masters[n]) if g is None else g
+                               for n, g in zip(names, grads)]
+
+    subs = fast.subs()
+    out = functional_call(model, subs, args=(), kwargs={"input_ids": ids, "attention_mask": mask})
+    ref_logits = out.logits[rows, cols]
+    ref_loss, ref_grads = loss_and_grads(ref_logits, labels[rows, cols + 1].to(ref_logits.device),
+                                         rows.to(ref_logits.device))
+    with fast:
+        logits, tgt, r = fast._target_logits(fast.subs(), idx)
+        loss, grads = loss_and_grads(logits, tgt, r)
+    dtype = ref_logits.dtype
+    tol = PARITY_TOLERANCE.get(dtype, PARITY_TOLERANCE_LOW_PRECISION)
+    checks = [("target logits", _relative(logits.float(), ref_logits.float().to(logits.device))),
+              ("loss", _relative(loss.float(), ref_loss.float().to(loss.device)))]
+    checks += [(f"gradient of {n}", _relative(g.float(), rg.float().to(g.device)))
+               for n, g, rg in zip(names, grads, ref_grads) if rg.abs().sum() > 0]
+    bad = [(what, diff) for what, diff in checks if not diff <= tol]
+    if not bad:
+        return None
+    what, diff = max(bad, key=lambda x: x[1])
+    return (f"on {type(model).__name__} the fast path's {what} differs from the model's own "
+            f"forward by {diff:.1e} (relative; allowed {tol:.0e} in {str(dtype)[6:]})")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, Position
 from .errors import TrainingDiverged
-from .losses import FastLoss, ReferenceLoss, StepLoss
+from .losses import FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch
 from .modeling import frozen, pad_id_of
 from .regularizers import build_regularizer
 from .tuning import Tuning
@@ -45,6 +45,8 @@ class TrainResult:
     skipped: int = 0                   # mini-batches below the threshold (no step)
     epoch_losses: List[float] = field(default_factory=list)
     stopped_early: bool = False
+    implementation: str = ""           # the loss used: "fast" or "reference"
+    fallback: str = ""                 # why the fast path was not used, when it was asked for
 
 
 def _check(loss: float, where: str, hp) -> None:
@@ -190,11 +192,19 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
         # locality terms (None unless asked for); under data parallelism rank 0 alone adds
         # them, since gradients are summed over ranks
         reg = build_regularizer(model, tok, hparams, masters) if distributed.rank() == 0 else None
-        if hparams.implementation == "reference":
-            loss_fn = ReferenceLoss(model, tok, requests, hparams, tuning.subs, reg)
-        else:
+        loss_fn, fallback = None, ""
+        if hparams.implementation == "fast":
             loss_fn = FastLoss(model, examples, list(masters), hparams, tuning.subs,
                                pad_id_of(tok), regularizer=reg)
+            total = hparams.num_epochs if hparams.pipeline == "breadth_first" else len(examples)
+            if not (ckpt and ckpt.finished(total)):  # a finished run trains nothing
+                fallback = fast_path_mismatch(loss_fn, model, masters) or ""
+            if fallback:
+                logger.warning("fast path refused: %s; training with implementation: "
+                               "reference (same result, slower)", fallback)
+                loss_fn = None
+        if loss_fn is None:
+            loss_fn = ReferenceLoss(model, tok, requests, hparams, tuning.subs, reg)
         step_fn = loss_fn
         if tuning.extra_loss is not None:
             def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)
@@ -213,6 +223,8 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
                                                  progress and distributed.rank() == 0, ckpt,
                                                  tuning.after_step)
+        result.implementation = "reference" if isinstance(loss_fn, ReferenceLoss) else "fast"
+        result.fallback = fallback
     logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
                 hparams.tuning, len(examples), result.epochs, result.steps,
                 time.perf_counter() - t0)
