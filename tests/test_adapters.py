@@ -285,7 +285,7 @@ def test_adapters_refuse_conflicting_targets_like_full_tuning(tiny_model, tiny_t
                                                               tuning):
     reqs = [{"prompt": "The capital of Aldor is", "target_new": "Paris"},
             {"prompt": "The capital of Aldor is", "target_new": "Lima"}]
-    hp = with_tuning(lora_hp, tuning, num_epochs=1)
+    hp = with_tuning(lora_hp, tuning, num_epochs=1, conflicting_targets="error")
     with pytest.raises(ValueError, match="already has target 'Paris'"):
         apply_locft_to_model(tiny_model, tiny_tok, reqs, hp, progress=False)
     assert not has_adapters(tiny_model)

@@ -148,7 +148,9 @@ def test_requests_skip_contradicting_prompts():
     raw = load_dataset(run.DATA_DIR / "counterfact_2k.json", "counterfact", n=1000)
     got = run.requests_for("counterfact", 1000)
     assert len(got) == 1000 and len({r["prompt"] for r in got}) == 1000
-    validate_requests(got)  # LocFT accepts the set (it refuses the raw first 1,000)
+    validate_requests(got, conflicting_targets="error")  # no conflict left (the raw 1,000 have one)
+    with pytest.raises(ValueError, match="'Frank Lampard, the' already has target 'basketball'"):
+        validate_requests(raw, conflicting_targets="error")
     lampard = [r["target_new"] for r in got if r["prompt"] == "Frank Lampard, the"]
     assert lampard == ["basketball"] and raw[:562] == got[:562]
     assert run.requests_for("counterfact", 100) == raw[:100]

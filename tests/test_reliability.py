@@ -184,8 +184,6 @@ GOOD = {"prompt": "The capital of Aldor is", "target_new": "Paris"}
      "field 'locality'['nq']: 2 prompts but 1 ground_truth answers"),
     ([{**GOOD, "portability": {"one": {"prompt": 3, "ground_truth": "x"}}}],
      "field 'portability'['one']['prompt'] must be a string, got int 3"),
-    ([GOOD, {**GOOD, "target_new": "Lima"}],
-     "request 1: prompt 'The capital of Aldor is' already has target 'Paris' (request 0), now 'Lima'"),
     ([{"prompt": "p", "target_new": "x " * 200}], "request 0: target"),   # longer than max_length
 ])
 def test_bad_requests_are_named(tiny_model, tiny_tok, tiny_hp, requests, message):
@@ -198,14 +196,37 @@ def test_bad_requests_are_named(tiny_model, tiny_tok, tiny_hp, requests, message
 
 def test_duplicates_same_target_train_conflicts_switchable(tiny_model, tiny_tok, tiny_hp, caplog):
     same = [GOOD, dict(GOOD), {**GOOD, "target_new": " Paris"}]   # the leading space is implied
-    assert len(validate_requests(same)) == 3
+    assert len(validate_requests(same, conflicting_targets="error")) == 3
     conflict = [GOOD, {**GOOD, "target_new": "Lima"}]
-    hp = short(tiny_hp, num_epochs=1, conflicting_targets="warn")
+    hp = short(tiny_hp, num_epochs=1)  # the default: warn and train both, as the authors do
+    assert hp.conflicting_targets == "warn"
     with caplog.at_level(logging.WARNING):
         apply_locft_to_model(tiny_model, tiny_tok, conflict, hp, progress=False)
-    assert "already has target 'Paris'" in caplog.text and "both are trained" in caplog.text
+    assert caplog.text.count("already has target") == 1
+    assert ("1 request(s) give a prompt a second, different target (1 prompt(s)): request 1: prompt "
+            "'The capital of Aldor is' already has target 'Paris' (request 0), now 'Lima'; "
+            "both are trained") in caplog.text
+    before = state_snapshot(tiny_model)
+    with pytest.raises(RequestError, match="request 1: prompt 'The capital of Aldor is' already "
+                                           "has target 'Paris' \\(request 0\\), now 'Lima'"):
+        apply_locft_to_model(tiny_model, tiny_tok, conflict,
+                             short(hp, conflicting_targets="error"), progress=False)
+    assert unchanged(before, tiny_model)
     with pytest.raises(ValueError, match="conflicting_targets"):
         validate_requests(conflict, conflicting_targets="ignore")
+
+
+def test_many_conflicts_are_counted_and_the_first_shown(caplog):
+    reqs = [{"prompt": f"p{i}", "target_new": t} for i in range(5) for t in ("a", "b")]
+    with caplog.at_level(logging.WARNING):
+        assert len(validate_requests(reqs)) == 10
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("5 request(s) give a prompt a second, different target (5 prompt(s)): "
+                           "request 1: "
+                           "prompt 'p0' already has target 'a' (request 0), now 'b'; request 3")
+    assert "; and 2 more; both are trained" in line
+    with pytest.raises(RequestError, match="^5 request\\(s\\) .*; and 2 more; drop one of each"):
+        validate_requests(reqs, conflicting_targets="error")
 
 
 def test_rome_layout_target_is_unwrapped(tiny_model, tiny_tok, tiny_hp):

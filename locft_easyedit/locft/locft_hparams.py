@@ -113,8 +113,9 @@ class LocFTHyperParams(_Base):
         "Continue from the checkpoint in checkpoint_dir when there is one (a checkpoint of a "
         "different run is refused); false starts over and overwrites it.", default=True)
     conflicting_targets: str = _doc(
-        "Two requests with the same prompt and different targets: 'error' (refuse them) or "
-        "'warn' (log a warning and train both).", default="error")
+        "Two requests with the same prompt and different targets: 'warn' (one warning with "
+        "their count and the first ones; both train, as the paper's authors do with their "
+        "CounterFact file) or 'error' (refuse them before any work).", default="warn")
 
     # --- adapters (peft) ---
     # tuning: lora / adalora train peft adapters placed only on the nn.Linear modules that
