@@ -90,7 +90,8 @@ def register() -> bool:
     original_init = base.__init__
     if not getattr(original_init, _WRAPPED, False):
         def __init__(self, hparams, *args, _original=original_init, **kwargs):
-            return _original(self, resolve_embedded(hparams), *args, **kwargs)
+            _original(self, resolve_embedded(hparams), *args, **kwargs)
+            apply_dtype(self, hparams)
 
         setattr(__init__, _WRAPPED, True)
         __init__.__doc__ = original_init.__doc__
@@ -107,6 +108,21 @@ def resolve_embedded(hparams: Any) -> Any:
             or not name.startswith(EMBEDDED_PREFIX)):
         return hparams
     return dataclasses.replace(hparams, model_name=resolve_model_name(name))
+
+
+def apply_dtype(editor, hparams: Any) -> None:
+    """LocFT's one dtype rule inside EasyEdit: BaseEditor loads float32 (float16 with
+    ``fp16: true``); a LocFT ``dtype`` is then applied to the loaded model, so the same YAML
+    edits in the same dtype through EasyEdit, the CLI and Python."""
+    import torch
+
+    want = getattr(hparams, "dtype", None)
+    model = getattr(editor, "model", None)
+    if getattr(hparams, "alg_name", None) != ALG_NAME or not want or model is None:
+        return
+    if any(p.dtype != getattr(torch, want) for p in model.parameters()):
+        logger.info("LocFT dtype: %s: converting EasyEdit's loaded model", want)
+        model.to(getattr(torch, want))
 
 
 def check_single_edit(hparams: Any) -> None:

@@ -151,7 +151,8 @@ def resolve_model_name(name: str) -> str:
 
 
 def load_model(name_or_path: str, device=None, dtype=None, device_map=None):
-    """``(model, tokenizer)`` from a local folder or an ``embedded:`` name, in eval mode.
+    """``(model, tokenizer)`` from a local folder or an ``embedded:`` name, in eval mode, in
+    ``dtype`` (a torch dtype or its name; None: the checkpoint's own).
 
     ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over several
     through accelerate; ``device`` is then ignored."""
@@ -166,7 +167,8 @@ def load_model(name_or_path: str, device=None, dtype=None, device_map=None):
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs = {"device_map": device_map} if device_map else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    # dtype None: the checkpoint's own (its config's dtype; float32 when it names none)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
     if device is not None and not device_map:
         model.to(device)

@@ -62,9 +62,9 @@ def data_parallel(loss_fn: Callable[[Sequence[int], int], StepLoss],
         total = torch.tensor([step.value if step else 0.0], dtype=torch.float64)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
 
-        def backward() -> None:
+        def backward(scale: float = 1.0) -> None:
             if step is not None:
-                step.backward()
+                step.backward(scale)
             for m in masters.values():
                 if m.grad is None:
                     m.grad = torch.zeros_like(m)

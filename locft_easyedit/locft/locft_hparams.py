@@ -80,9 +80,12 @@ class LocFTHyperParams(_Base):
     model_parallel: bool = _doc("Model spread over devices with device_map='auto'.",
                                 default=False)
     dtype: Optional[str] = _doc(
-        "dtype to load the model in ('float32', 'bfloat16', 'float16'); null keeps the "
-        "model's own. Trained tensors always keep an fp32 master copy. EasyEdit's "
-        "BaseEditor ignores it (it loads float32, or float16 with fp16: true).", default=None)
+        "The dtype the model computes in while edited ('float32', 'bfloat16', 'float16'): "
+        "locft-edit, load_model and EasyEdit's BaseEditor (once LocFT is registered) load it "
+        "so; a model handed to apply_locft_to_model in another dtype is refused. null: the "
+        "checkpoint's own dtype where LocFT loads it, the model's as it is otherwise. Trained "
+        "tensors always keep fp32 master copies; float16 trains with dynamic loss scaling.",
+        default=None)
     implementation: str = _doc(
         "'fast' (frozen-prefix cache, target-only logits, length-grouped micro-batches) or "
         "'reference' (the straightforward loop, for comparison). Same results.",
@@ -348,6 +351,8 @@ def validate(hp: LocFTHyperParams) -> None:
     # --- reliability: ranges the checks above left open, checkpoints, conflicting targets ---
     need(0 <= hp.seed < 2**63, "seed", "must be an integer from 0 to 2**63 - 1")
     need(not (hp.fp16 and hp.bf16), "bf16", "cannot be true together with fp16")
+    need(not hp.fp16 or hp.dtype in (None, "float16"), "dtype",
+         "must be null or float16 with fp16: true (EasyEdit then loads the model in float16)")
     need(hp.checkpoint_dir is None or bool(hp.checkpoint_dir.strip()), "checkpoint_dir",
          "must be null or a folder path")
     need(hp.checkpoint_every_epochs >= 0, "checkpoint_every_epochs", "must be >= 0")

@@ -65,6 +65,23 @@ def select_parameters(model, hp: LocFTHyperParams) -> Dict[str, torch.nn.Paramet
     return chosen
 
 
+def check_dtype(params: Dict[str, torch.nn.Parameter], hp: LocFTHyperParams) -> None:
+    """The one dtype rule: ``dtype`` is the dtype the model computes in while it is edited.
+    Where LocFT loads the model it loads it so; a model handed in must already be in it
+    (``dtype: null`` takes the model as it is). The trained tensors always get fp32 master
+    copies; float16 trains with dynamic loss scaling."""
+    if hp.dtype is None:
+        return
+    want = getattr(torch, hp.dtype)
+    have = sorted({str(p.dtype)[6:] for p in params.values() if p.dtype != want})
+    if have:
+        raise HparamsError(
+            f"key 'dtype': the hparams ask for {hp.dtype} but the tensors to edit are "
+            f"{', '.join(have)}; load the model in {hp.dtype} (locft-edit and load_model do; "
+            f"model.to(torch.{hp.dtype}) otherwise) or set dtype: null to edit it in its own "
+            "dtype")
+
+
 def edit(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
          progress: bool = True) -> Tuple[Any, TrainResult]:
     """Train the edit with ``hparams.tuning`` and return ``(output, TrainResult)``: for full
@@ -76,6 +93,7 @@ def edit(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
                               "(lora_merge: true, or merge_and_unload()) or unload them before "
                               "another edit")
     params = select_parameters(model, hparams)
+    check_dtype(params, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
     ckpt = open_checkpoint(hparams, examples, params)  # another run's checkpoint: refused now
     with TUNINGS[hparams.tuning](model, params, hparams, len(examples)) as tuning:

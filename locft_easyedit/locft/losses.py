@@ -45,11 +45,16 @@ Subs = Callable[[], Dict[str, torch.Tensor]]
 @dataclass
 class StepLoss:
     """One mini-batch: ``value`` is its loss as the thresholds see it (a float, the locality
-    terms not included); ``backward()`` adds its gradient (edit loss + locality terms) to the
-    trained tensors, to be called once, only when the optimizer steps on it."""
+    terms not included); ``backward(scale=1.0)`` adds ``scale`` times its gradient (edit loss +
+    locality terms) to the trained tensors, to be called once, only when the optimizer steps
+    on it (``scale``: float16 loss scaling)."""
 
     value: float
-    backward: Callable[[], None]
+    backward: Callable[..., None]
+
+
+def scaled(term: torch.Tensor, scale: float) -> torch.Tensor:
+    return term if scale == 1.0 else term * scale
 
 
 def per_example_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
@@ -72,7 +77,7 @@ def edit_loss(per_ex: torch.Tensor, denom: int, hp) -> Tuple[torch.Tensor, float
 
 
 def regularize(regularizer: Optional[Regularizer], subs: Dict[str, torch.Tensor],
-               logits_of: Callable[[List[int]], torch.Tensor]) -> None:
+               logits_of: Callable[[List[int]], torch.Tensor], scale: float = 1.0) -> None:
     """Backpropagate the locality terms of one step: the regularizer names the generic texts
     it wants this step, ``logits_of`` (the loss's own forward) computes their next-token
     logits, and the regularizer turns them into its penalty."""
@@ -81,7 +86,7 @@ def regularize(regularizer: Optional[Regularizer], subs: Dict[str, torch.Tensor]
     idx = regularizer.next_batch()
     term = regularizer.penalty(logits_of(idx) if idx else None, idx, subs)
     if term is not None:
-        term.backward()
+        scaled(term, scale).backward()
 
 
 class ReferenceLoss:
@@ -111,9 +116,10 @@ class ReferenceLoss:
         per_ex = ce.sum(1) / (labels != -100).sum(1)
         loss, report = edit_loss(per_ex, denom, self.hp)
 
-        def backward() -> None:
-            loss.backward()
-            regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx))
+        def backward(scale: float = 1.0) -> None:
+            scaled(loss, scale).backward()
+            regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx),
+                       scale)
 
         return StepLoss(report, backward)
 
@@ -292,12 +298,12 @@ class FastLoss:
             losses.append(loss)
             total += report
 
-        def backward() -> None:
-            sum(losses).backward()
+        def backward(scale: float = 1.0) -> None:
+            scaled(sum(losses), scale).backward()
             if self.regularizer is not None:
                 subs = self.subs()
                 regularize(self.regularizer, subs, lambda idx: self._target_logits(
-                    subs, [self.n_edits + i for i in idx])[0])
+                    subs, [self.n_edits + i for i in idx])[0], scale)
 
         return StepLoss(total, backward)
 
@@ -311,6 +317,7 @@ PROBE_EXAMPLES = 8
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 

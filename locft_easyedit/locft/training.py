@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, Position
 from .errors import TrainingDiverged
-from .losses import FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch
+from .losses import FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch, scaled
 from .modeling import frozen, pad_id_of
 from .regularizers import build_regularizer
 from .tuning import Tuning
@@ -47,6 +47,60 @@ class TrainResult:
     stopped_early: bool = False
     implementation: str = ""           # the loss used: "fast" or "reference"
     fallback: str = ""                 # why the fast path was not used, when it was asked for
+    loss_scale: float = 1.0            # float16 models: the dynamic loss scale now
+    good_steps: int = 0                # float16: steps since the scale last changed
+    overflows: int = 0                 # float16: steps skipped for non-finite gradients
+
+
+class LossScale:
+    """Dynamic loss scaling for float16 models, as ``torch.amp.GradScaler`` does it: the loss
+    is multiplied by the scale before backward and the gradients divided after; a step whose
+    gradients are not finite is skipped and the scale halved; every ``GROWTH_INTERVAL`` good
+    steps it doubles. Its state lives in the :class:`TrainResult` (so checkpoints keep it).
+    Disabled (scale 1, nothing checked) for float32 and bfloat16, whose range needs none."""
+
+    INIT, GROWTH_INTERVAL = 2.0 ** 16, 2000
+
+    def __init__(self, enabled: bool, res: TrainResult):
+        self.enabled, self.res = enabled, res
+        if enabled and res.loss_scale == 1.0 and res.steps == 0:
+            res.loss_scale = self.INIT
+
+    @property
+    def scale(self) -> float:
+        return self.res.loss_scale if self.enabled else 1.0
+
+    def unscale(self, masters: Dict[str, torch.Tensor]) -> bool:
+        """Divide the gradients by the scale; False (and the scale halved) on overflow."""
+        if not self.enabled:
+            return True
+        grads = [m.grad for m in masters.values() if m.grad is not None]
+        for g in grads:
+            g.div_(self.res.loss_scale)
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            self.res.good_steps += 1
+            if self.res.good_steps >= self.GROWTH_INTERVAL:
+                self.res.loss_scale *= 2.0
+                self.res.good_steps = 0
+            return True
+        self.res.overflows += 1
+        self.res.loss_scale /= 2.0
+        self.res.good_steps = 0
+        logger.debug("float16 gradients overflowed: step skipped, loss scale now %g",
+                     self.res.loss_scale)
+        return False
+
+
+def _take_step(step: StepLoss, opt, masters, res: TrainResult, scaler: LossScale,
+               after_step: AfterStep) -> None:
+    """Backward (scaled for float16), then the optimizer step unless gradients overflowed."""
+    step.backward(scaler.scale)
+    if not scaler.unscale(masters):
+        return
+    opt.step()
+    res.steps += 1
+    if after_step is not None:
+        after_step(res.steps)
 
 
 def _check(loss: float, where: str, hp) -> None:
@@ -89,12 +143,13 @@ def epoch_mean(losses: Sequence[float], n: int, mbs: int) -> float:
 
 def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                   progress: bool = True, ckpt: Optional[Checkpointer] = None,
-                  after_step: AfterStep = None) -> TrainResult:
+                  after_step: AfterStep = None, loss_scaling: bool = False) -> TrainResult:
     """Epochs over all edits, each a fresh shuffle walked in mini-batches."""
     gen = torch.Generator().manual_seed(hp.seed)
     opt = _adam(masters, hp)
     res = TrainResult()
     at = ckpt.restore(masters, opt, gen, res) if ckpt else Position()
+    scaler = LossScale(loss_scaling, res)
     mbs = hp.mini_batch_size
     bar = tqdm(range(at.epoch, hp.num_epochs), desc="LocFT-BF epochs", unit="epoch",
                disable=not progress)
@@ -113,11 +168,7 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
             if loss < hp.loss_threshold:
                 res.skipped += 1  # no backward pass for it
             else:
-                step.backward()
-                opt.step()
-                res.steps += 1
-                if after_step is not None:
-                    after_step(res.steps)
+                _take_step(step, opt, masters, res, scaler, after_step)
             if ckpt:
                 ckpt.maybe_save(Position(epoch, b + 1, losses, epoch_gen), masters, opt, res)
         res.epochs = epoch + 1
@@ -139,12 +190,13 @@ def breadth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
 
 def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
                 progress: bool = True, ckpt: Optional[Checkpointer] = None,
-                after_step: AfterStep = None) -> TrainResult:
+                after_step: AfterStep = None, loss_scaling: bool = False) -> TrainResult:
     """Each edit alone trained to convergence (at most ``num_epochs`` steps), then the next:
     the practice the paper corrects, kept for its ablation. Checkpoints fall between
     requests (``checkpoint_every_epochs`` counts requests)."""
     res = TrainResult()
     at = ckpt.restore(masters, None, None, res) if ckpt else Position()
+    scaler = LossScale(loss_scaling, res)
     for i in tqdm(range(at.epoch, n), desc="LocFT-DF requests", unit="edit",
                   disable=not progress):
         opt = _adam(masters, hp)  # a fresh optimizer per edit, as per-edit editors do
@@ -156,11 +208,7 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
             _check(loss, f"request {i}, step {step + 1}", hp)
             if loss < hp.loss_threshold:
                 break
-            this.backward()
-            opt.step()
-            res.steps += 1
-            if after_step is not None:
-                after_step(res.steps)
+            _take_step(this, opt, masters, res, scaler, after_step)
         res.epoch_losses.append(loss)
         res.epochs = i + 1
         if ckpt:
@@ -210,19 +258,22 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             def step_fn(indices, denom):  # the data loss plus the extra term (once, on rank 0)
                 step = loss_fn(indices, denom)
 
-                def backward() -> None:
-                    step.backward()
+                def backward(scale: float = 1.0) -> None:
+                    step.backward(scale)
                     if distributed.rank() == 0:
-                        tuning.extra_loss().backward()
+                        scaled(tuning.extra_loss(), scale).backward()
 
                 return StepLoss(step.value, backward)
 
         if distributed.is_active():
             step_fn = distributed.data_parallel(step_fn, masters)
         with loss_fn:
+            # float16 weights (the trained ones or any the gradient flows through) need
+            # loss scaling; float32 and bfloat16 do not
+            half = any(p.dtype == torch.float16 for p in model.parameters())
             result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
                                                  progress and distributed.rank() == 0, ckpt,
-                                                 tuning.after_step)
+                                                 tuning.after_step, loss_scaling=half)
         result.implementation = "reference" if isinstance(loss_fn, ReferenceLoss) else "fast"
         result.fallback = fallback
     logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
