@@ -330,3 +330,21 @@ def test_lora_resumes_from_its_checkpoint_with_the_same_adapter(tiny_model, tiny
     want, have = lora_state(ref), lora_state(got)
     assert want.keys() == have.keys() and all(torch.equal(want[n], have[n]) for n in want)
     assert res == ref_res
+
+
+def test_adapter_init_comes_from_the_seed_and_leaves_the_global_rng(tiny_model, tiny_tok, facts,
+                                                                    lora_hp):
+    hp = dataclasses.replace(lora_hp, num_epochs=1)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        peft_model, _ = execute_adapter(copy.deepcopy(tiny_model), tiny_tok, facts, hp,
+                                        progress=False)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is kept
+        runs.append({n: p.detach() for n, p in peft_model.named_parameters() if "lora_" in n})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    other, _ = execute_adapter(copy.deepcopy(tiny_model), tiny_tok, facts,
+                               dataclasses.replace(hp, seed=7), progress=False)
+    assert not all(torch.equal(p.detach(), runs[0][n]) for n, p in other.named_parameters()
+                   if "lora_A" in n)

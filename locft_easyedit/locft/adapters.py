@@ -133,8 +133,10 @@ def adapter_tuning(model, params: Dict[str, torch.nn.Parameter], hparams: LocFTH
     config = peft_config(hparams, targets, n_edits)
     flags = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
-    with warnings.catch_warnings():  # transformers' is_gradient_checkpointing deprecation
-        warnings.simplefilter("ignore", FutureWarning)
+    # the adapter's initial values come from `seed` (the global random state is left as it was)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", FutureWarning)  # is_gradient_checkpointing deprecation
+        torch.manual_seed(hparams.seed)
         peft_model = get_peft_model(model, config, adapter_name=ADAPTER)
     try:
         masters = {n: p for n, p in model.named_parameters() if "lora_" in n}
