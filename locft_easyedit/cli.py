@@ -66,10 +66,17 @@ def _load_hparams(path: Optional[str], model: Optional[str]):
 def _load_model(name: str, hp=None, quiet: bool = False):
     import torch
 
+    from .locft import distributed
     from .models import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if hp is not None and hp.device is not None:
+    if distributed.is_active() and not (hp is not None and hp.device == "cpu"):
+        # torchrun: each rank on its own device, cuda:LOCAL_RANK, whatever `device` says
+        device = str(distributed.local_device())
+        if hp is not None and hp.device is not None:
+            logger.info("data-parallel rank %d uses %s (device: %s in the hparams names one "
+                        "device for every rank)", distributed.rank(), device, hp.device)
+    elif hp is not None and hp.device is not None:
         device = f"cuda:{hp.device}" if isinstance(hp.device, int) else hp.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             logger.warning("hparams ask for %s but no GPU is available: using the CPU", device)

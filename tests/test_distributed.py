@@ -16,17 +16,25 @@ HP = dict(model_name="tiny", layers=[2], lr=1e-2, num_epochs=4, mini_batch_size=
 def _worker(rank, world, init_file, out_file, impl):
     import torch.distributed as dist
 
+    from locft_easyedit.locft import distributed
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    real, devices = dist.all_reduce, []
+
+    def recording(tensor, *args, **kwargs):  # every collective: on the group's device?
+        devices.append(tensor.device == distributed.group_device())
+        return real(tensor, *args, **kwargs)
+
+    dist.all_reduce = recording
     try:
         model, tok, facts = tiny_setup(32)
         hp = LocFTHyperParams(**HP, implementation=impl)
         new, _ = execute_locft(model, tok, facts, hp, progress=False)
-        if rank == 0:
-            torch.save(new, out_file)
-        else:
-            torch.save(new, out_file + ".rank1")
+        torch.save({"deltas": new, "collectives": devices},
+                   out_file if rank == 0 else out_file + ".rank1")
     finally:
+        dist.all_reduce = real
         dist.destroy_process_group()
 
 
@@ -35,7 +43,10 @@ def test_two_processes_match_one(tmp_path, impl="fast"):
     out = str(tmp_path / "deltas.pt")
     mp.start_processes(_worker, args=(2, str(tmp_path / "rdzv"), out, impl), nprocs=2,
                        join=True, start_method="spawn")
-    two, two_rank1 = torch.load(out), torch.load(out + ".rank1")
+    runs = torch.load(out), torch.load(out + ".rank1")
+    for run in runs:  # the loss and every gradient of every step went through the group's device
+        assert len(run["collectives"]) > 10 and all(run["collectives"])
+    two, two_rank1 = runs[0]["deltas"], runs[1]["deltas"]
     model, tok, facts = tiny_setup(32)
     one, _ = execute_locft(model, tok, facts, LocFTHyperParams(**HP, implementation=impl),
                            progress=False)
@@ -97,3 +108,27 @@ def test_data_parallel_ranks_that_see_different_checkpoints_are_refused(tmp_path
     for r in range(2):
         assert "ranks disagree" in refused[r]["error"]
         assert "shared filesystem" in refused[r]["error"]
+
+
+@pytest.mark.parametrize("backend, device", [
+    ("nccl", "cuda:3"), ("gloo", "cpu"), ("cpu:gloo,cuda:nccl", "cpu")])
+def test_collectives_use_the_groups_device(monkeypatch, backend, device):
+    """NCCL takes CUDA tensors only: under an NCCL group every collective goes through the
+    current CUDA device (each torchrun rank's own, from LOCAL_RANK)."""
+    import torch.distributed as dist
+
+    from locft_easyedit.locft import distributed
+
+    monkeypatch.setattr(dist, "get_backend", lambda *a: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert distributed.group_device() == torch.device(device)
+
+
+def test_each_torchrun_rank_gets_its_own_gpu(monkeypatch):
+    from locft_easyedit.locft import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.local_device() == torch.device("cpu")

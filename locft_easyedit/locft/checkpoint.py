@@ -200,10 +200,11 @@ def _ranks_agree(ckpt: Checkpointer) -> None:
     import torch.distributed as dist
 
     s = ckpt.state
-    mine = torch.tensor([-1, -1] if s is None else [s["epoch"], s["batch"]], dtype=torch.int64)
+    mine = torch.tensor([-1, -1] if s is None else [s["epoch"], s["batch"]], dtype=torch.int64,
+                        device=distributed.group_device())
     low, high = mine.clone(), mine.clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    distributed.all_reduce(low, op=dist.ReduceOp.MIN)
+    distributed.all_reduce(high, op=dist.ReduceOp.MAX)
     if not torch.equal(low, high):
         found = "no checkpoint" if s is None else f"epoch {s['epoch']}, mini-batch {s['batch']}"
         raise CheckpointError(
