@@ -265,3 +265,39 @@ def test_fast_path_that_disagrees_falls_back_to_reference(tiny_model, tiny_tok, 
     assert len(lines) == 1 and "LlamaForCausalLM" in lines[0]
     assert all(torch.equal(got[n], ref[n]) for n in ref)
     assert res.epoch_losses == ref_res.epoch_losses
+
+
+# --- offloaded tensors (accelerate device_map / cpu_offload) are refused before any work -------
+@pytest.mark.parametrize("how", ["disk", "cpu_offload"])
+def test_offloaded_trained_layer_is_refused_naming_offload(tiny_model, tiny_tok, facts, tiny_hp,
+                                                           tmp_path, how):
+    from accelerate import cpu_offload, dispatch_model
+
+    from locft_easyedit import LocFTInputError
+
+    if how == "disk":  # layer 2 (the one to edit) to disk, everything else on the CPU
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu",
+                      "model.layers.1": "cpu", "model.layers.2": "disk", "model.layers.3": "cpu",
+                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+        model = dispatch_model(tiny_model, device_map=device_map, offload_dir=str(tmp_path))
+    else:
+        model = cpu_offload(tiny_model, execution_device=torch.device("cpu"))
+    with pytest.raises(LocFTInputError, match="offloaded by accelerate \\(model.layers.2.mlp."
+                                              "down_proj.weight\\).*Keep layer\\(s\\) 2 on a GPU"):
+        apply_locft_to_model(model, tiny_tok, facts, tiny_hp, progress=False)
+
+
+def test_offloading_other_layers_still_edits(tiny_model, tiny_tok, facts, tiny_hp, tmp_path):
+    """Only the trained layer must be on a device: layer 3 on disk, layer 2 edited for real."""
+    from accelerate import dispatch_model
+
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
+                  "model.layers.2": "cpu", "model.layers.3": "disk", "model.norm": "cpu",
+                  "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    reference, _ = execute_locft(copy.deepcopy(tiny_model), tiny_tok, facts,
+                                 dataclasses.replace(tiny_hp, num_epochs=3), progress=False)
+    model = dispatch_model(tiny_model, device_map=device_map, offload_dir=str(tmp_path))
+    new, res = execute_locft(model, tiny_tok, facts, dataclasses.replace(tiny_hp, num_epochs=3),
+                             progress=False)
+    assert res.steps > 0 and res.implementation == "fast"
+    assert float((new[DOWN] - reference[DOWN]).norm() / reference[DOWN].norm()) <= 1e-5

@@ -21,7 +21,7 @@ from .checkpoint import open_checkpoint
 from .encoding import encode_requests
 from .errors import HparamsError, LocFTInputError
 from .locft_hparams import LocFTHyperParams
-from .modeling import num_layers, write_weights
+from .modeling import num_layers, offloaded, write_weights
 from .requests import validate_requests
 from .training import TrainResult, train_tensors
 from .tuning import full_tuning
@@ -65,6 +65,22 @@ def select_parameters(model, hp: LocFTHyperParams) -> Dict[str, torch.nn.Paramet
     return chosen
 
 
+def check_placement(model, params: Dict[str, torch.nn.Parameter], hp: LocFTHyperParams) -> None:
+    """Tensors to edit must live on a device: accelerate's offloading (``device_map`` entries
+    "cpu" / "disk", ``cpu_offload``) writes stored weights back before each forward, so
+    training would change nothing. Refused before any work, naming the fix."""
+    away = offloaded(model, list(params))
+    if away:
+        layers = sorted({n.split(".")[2] for n in away if n.split(".")[1:2] == ["layers"]})
+        where = f"layer(s) {', '.join(layers)}" if layers else "their modules"
+        raise LocFTInputError(
+            f"the tensors to edit are offloaded by accelerate ({', '.join(away[:3])}"
+            f"{' ...' if len(away) > 3 else ''}): LocFT trains them on a device, and offload "
+            f"hooks would write the stored weights back before every forward. Keep {where} "
+            "on a GPU: give that GPU more max_memory, or a device_map entry such as "
+            "{'model.layers.N': 0} (the other layers may stay offloaded)")
+
+
 def check_dtype(params: Dict[str, torch.nn.Parameter], hp: LocFTHyperParams) -> None:
     """The one dtype rule: ``dtype`` is the dtype the model computes in while it is edited.
     Where LocFT loads the model it loads it so; a model handed in must already be in it
@@ -93,6 +109,7 @@ def edit(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
                               "(lora_merge: true, or merge_and_unload()) or unload them before "
                               "another edit")
     params = select_parameters(model, hparams)
+    check_placement(model, params, hparams)
     check_dtype(params, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
     ckpt = open_checkpoint(hparams, examples, params)  # another run's checkpoint: refused now

@@ -4,7 +4,7 @@ it (and taken out again). Imports nothing else of the method."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -50,6 +50,29 @@ def find_layer_stack(model, names: Sequence[str]) -> Tuple[Optional[str], Option
     return best
 
 
+def _offloads(hook) -> bool:
+    """Whether an accelerate hook (or a SequentialHook holding one) offloads its weights."""
+    return bool(getattr(hook, "offload", False)) or any(
+        _offloads(h) for h in getattr(hook, "hooks", None) or ())
+
+
+def offloaded(model, names: Sequence[str]) -> List[str]:
+    """Those of the parameters ``names`` that accelerate offloads (``device_map`` with "cpu" or
+    "disk" entries, ``cpu_offload``, ``disk_offload``): kept on the meta device, or owned by a
+    module whose hook writes the stored weights back before each forward, which would undo
+    the substitution LocFT trains through."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        parts = name.split(".")
+        owners = (modules.get(".".join(parts[:i])) for i in range(len(parts) - 1, -1, -1))
+        if params[name].device.type == "meta" or any(
+                _offloads(getattr(m, "_hf_hook", None)) for m in owners if m is not None):
+            out.append(name)
+    return out
+
+
 def num_layers(model) -> Optional[int]:
     cfg = getattr(model, "config", None)
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
@@ -64,7 +87,8 @@ def num_layers(model) -> Optional[int]:
 def frozen(model) -> Iterator[None]:
     """Freeze every parameter and switch to eval mode (no dropout: the frozen-prefix cache and
     determinism rely on it); the flags and the mode are restored afterwards."""
-    flags = {id(p): p.requires_grad for p in model.parameters()}
+    # by name: accelerate's offload hooks swap parameter objects in and out around forwards
+    flags = {n: p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
     was_training = model.training
     for p in model.parameters():
         p.requires_grad_(False)
@@ -72,8 +96,8 @@ def frozen(model) -> Iterator[None]:
     try:
         yield
     finally:
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
+        for n, p in model.named_parameters(remove_duplicate=False):
+            p.requires_grad_(flags.get(n, p.requires_grad))
         model.train(was_training)
 
 
