@@ -209,8 +209,8 @@ def test_below_threshold_mini_batches_pay_no_backward(tiny_hp):
 
     def loss_fn(idx, denom):
         value = next(values)
-        return StepLoss(value, lambda: (backwards.append(value),
-                                        setattr(w, "grad", torch.ones(3))))
+        return StepLoss(value, lambda scale=1.0: (backwards.append(value),
+                                                  setattr(w, "grad", torch.ones(3))))
 
     hp = dataclasses.replace(tiny_hp, num_epochs=2, mini_batch_size=8, loss_threshold=0.01)
     res = breadth_first(loss_fn, 24, {"w": w}, hp, progress=False)  # 3 mini-batches an epoch

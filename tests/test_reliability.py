@@ -124,7 +124,7 @@ def test_non_finite_loss_is_caught_at_the_step_that_made_it(tiny_hp):
 
     def loss_fn(idx, denom):
         seen.append(w.detach().clone())
-        return StepLoss(next(losses), lambda: setattr(w, "grad", torch.ones(3)))
+        return StepLoss(next(losses), lambda scale=1.0: setattr(w, "grad", torch.ones(3)))
 
     with pytest.raises(TrainingDiverged, match="loss became inf at epoch 1, mini-batch 3"):
         breadth_first(loss_fn, 24, {"w": w}, tiny_hp, progress=False)
