@@ -90,9 +90,11 @@ class LocFTHyperParams(_Base):
         "'fast' (frozen-prefix cache, target-only logits, length-grouped micro-batches) or "
         "'reference' (the straightforward loop, for comparison). Same results.",
         default="fast")
-    prefix_cache_max_gb: float = _doc(
-        "Largest frozen-prefix cache kept (on the compute device); above it the prefix is "
-        "recomputed every step.", default=4.0)
+    prefix_cache_max_gb: Optional[float] = _doc(
+        "Largest frozen-prefix cache kept (on the device of the first trained layer); above "
+        "it the prefix is recomputed every step (a WARNING says what that costs). null: half "
+        "the free memory of that device on CUDA, a quarter of the available host memory on "
+        "the CPU.", default=None)
 
     # EasyEdit's BaseEditor and evaluation read alg_name, model_name, device, model_parallel,
     # batch_size, max_length (above) and fp16 (below) from any method's hparams; everything
@@ -334,7 +336,8 @@ def validate(hp: LocFTHyperParams) -> None:
     need(hp.dtype is None or hp.dtype in DTYPES, "dtype", f"must be null or one of {DTYPES}")
     need(hp.implementation in ("fast", "reference"), "implementation",
          "must be 'fast' or 'reference'")
-    need(hp.prefix_cache_max_gb >= 0, "prefix_cache_max_gb", "must be >= 0")
+    need(hp.prefix_cache_max_gb is None or hp.prefix_cache_max_gb >= 0, "prefix_cache_max_gb",
+         "must be null or >= 0")
     need(math.isfinite(hp.preserve_weight) and hp.preserve_weight >= 0, "preserve_weight",
          "must be a finite number >= 0")
     need(hp.preserve_samples >= 1, "preserve_samples", "must be >= 1")

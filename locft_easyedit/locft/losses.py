@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -156,6 +157,23 @@ class _Stop(Exception):
     pass
 
 
+def cache_budget_gb(hp, device: torch.device) -> Tuple[float, str]:
+    """``(GB the frozen-prefix cache may take, where that figure comes from)``: the hparams'
+    ``prefix_cache_max_gb`` when set, else half of the free memory of the device the cache
+    lives on (CUDA: ``torch.cuda.mem_get_info``), a quarter of the available host memory on
+    the CPU."""
+    if hp.prefix_cache_max_gb is not None:
+        return hp.prefix_cache_max_gb, "prefix_cache_max_gb"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free / 2**30, f"budget (half the free memory of {device})"
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: the old fixed budget
+        return 4.0, "budget (4 GB: host memory unknown)"
+    return 0.25 * available / 2**30, "budget (a quarter of the available host memory)"
+
+
 class FastLoss:
     """Same loss as :class:`ReferenceLoss`, without the wasted work."""
 
@@ -195,11 +213,16 @@ class FastLoss:
         elem = next(stack[first].parameters()).element_size()
         tokens = sum(e.length for e in self.examples)
         gb = tokens * hidden * elem / 2**30
-        if gb > self.hp.prefix_cache_max_gb:
-            logger.info("frozen-prefix cache would take %.2f GB > prefix_cache_max_gb=%.2f: "
-                        "recomputing the prefix every step", gb, self.hp.prefix_cache_max_gb)
-            return
         store = next(stack[first].parameters()).device
+        budget, source = cache_budget_gb(self.hp, store)
+        if gb > budget:
+            logger.warning(
+                "frozen-prefix cache off: it would take %.2f GB, over the %.2f GB %s; every "
+                "forward now runs all %d layers instead of the %d from layer %d on (about "
+                "%.1fx the forward work). Raise prefix_cache_max_gb if memory allows", gb,
+                budget, source, len(stack), len(stack) - first, first,
+                len(stack) / (len(stack) - first))
+            return
         flat = torch.empty((tokens, hidden), dtype=next(stack[first].parameters()).dtype,
                            device=store)
         self.offsets = [0]

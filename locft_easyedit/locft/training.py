@@ -111,6 +111,10 @@ def _check(loss: float, where: str, hp) -> None:
             f"try dtype: float32")
 
 
+def _or_auto(value) -> str:
+    return "null: automatic" if value is None else str(value)
+
+
 @contextmanager
 def explain_oom(hp, n_edits: int):
     """Re-raise out-of-memory with what to change; the type (torch.OutOfMemoryError or
@@ -126,7 +130,7 @@ def explain_oom(hp, n_edits: int):
             f"out of memory while training {n_edits} edits ({first}); nothing was changed. To "
             f"fit: a smaller mini_batch_size (now {hp.mini_batch_size}), a lower max_length "
             f"(now {hp.max_length}), dtype: bfloat16 (now {dtype}), or a "
-            f"lower prefix_cache_max_gb (now {hp.prefix_cache_max_gb}) so the frozen-prefix "
+            f"lower prefix_cache_max_gb (now {_or_auto(hp.prefix_cache_max_gb)}) so the frozen-prefix "
             f"cache is not kept on the device") from exc
 
 
