@@ -29,6 +29,8 @@ EXAMPLES = {
             "--patch-out fix.safetensors --save-model ./llama3-edited"),
     "apply": "locft-edit apply fix.safetensors --model ./llama3 --save-model ./llama3-edited",
     "revert": "locft-edit revert fix.safetensors --model ./llama3-edited --save-model ./llama3-base",
+    "plan": ("locft-edit plan --hparams llama3-8b --model ./llama3/config.json --n 3000\n"
+             "  locft-edit plan --requests my_edits.json --model embedded:smollm2-135m --json"),
 }
 
 
@@ -252,6 +254,28 @@ def cmd_revert(args) -> int:
     return _patch_cmd(args, revert_patch)
 
 
+def cmd_plan(args) -> int:
+    from .datasets import load_dataset, load_requests
+    from .plan import as_json, config_of, plan, token_counts
+
+    hp = _load_hparams(args.hparams, args.model)
+    config, folder = config_of(hp.model_name)
+    if args.requests or args.data:
+        from transformers import AutoTokenizer
+
+        requests = (load_requests(args.requests) if args.requests
+                    else load_dataset(args.data, args.dataset, n=args.n))
+        counts = token_counts(AutoTokenizer.from_pretrained(str(folder)), requests, hp)
+        n, tokens, target = len(requests), counts["tokens"], counts["target"]
+    elif args.n:
+        n, tokens, target = args.n, args.avg_tokens, args.target_tokens
+    else:
+        raise BadInput("give --requests FILE, --data FILE, or --n N [--avg-tokens T]")
+    result = plan(config, hp, n, tokens, target, device=args.device, model_name=hp.model_name)
+    print(as_json(result) if args.json else result.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="locft-edit", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Edit facts in a language model with LocFT-BF (localized, "
@@ -292,6 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter-out", help="tuning lora/adalora: where to write the adapter "
                                          "(peft's format; `apply` merges it into a model)")
     r.add_argument("--save-model", help="also save the edited model to this new folder")
+
+    pl = add("plan", "Estimate the memory and optimizer steps of an edit from the model's "
+                     "config alone (no weights are read) and say whether it fits the device.",
+             cmd_plan)
+    pl.add_argument("--hparams", help=f"hparams YAML or shipped name (default {DEFAULT_HPARAMS})")
+    pl.add_argument("--model", help="model folder or its config.json (default: the hparams' "
+                                    "model_name)")
+    pl.add_argument("--requests", help="a requests file: token counts from the model's tokenizer")
+    pl.add_argument("--dataset", choices=["zsre", "counterfact", "wikibigedit"])
+    pl.add_argument("--data", help="a dataset file (with --dataset, or guessed)")
+    pl.add_argument("--n", type=int, help="number of edits (without --requests: with "
+                                          "--avg-tokens / --target-tokens)")
+    pl.add_argument("--avg-tokens", type=float, default=17.0,
+                    help="tokens per edit, prompt + target + EOS (default 17: ZsRE on LLaMA3)")
+    pl.add_argument("--target-tokens", type=float, default=5.0,
+                    help="target tokens per edit, EOS included (default 5)")
+    pl.add_argument("--device", help="the device to check against (default cuda:0, else cpu)")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
     for name, text, func in (("apply", "Apply an edit patch to a model and save the result.",
                               cmd_apply),

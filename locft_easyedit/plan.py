@@ -1,0 +1,173 @@
+"""``locft-edit plan``: will an edit fit, and how many steps is it? Estimated from the model's
+config alone (the model is built on the meta device: no weights are read).
+
+What an edit needs on top of the loaded model (``training_bytes``):
+
+* the frozen-prefix cache: every edit token's hidden state entering the first trained layer;
+* the trained tensors' fp32 master copies, their gradients and Adam's two moments (16 bytes a
+  trained parameter);
+* the activations autograd keeps for one mini-batch through the layers from the first trained
+  one up (a per-token, per-layer count of saved values; see :data:`SAVED_PER_TOKEN`) plus the
+  attention scores, in the model's dtype;
+* the target-only logits of one mini-batch and their gradient, in float32.
+
+``peak_bytes`` = weights + training_bytes. The figures are estimates (the allocator, the
+framework and fragmentation add to them); ``benchmarks/plan_check.py`` compares them with the
+measured peak memory of real runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+# Values autograd keeps per token in one decoder layer, in units of (hidden, intermediate):
+# norm inputs and outputs, q/k/v/o inputs and outputs, the attention output, the MLP's gate,
+# up, activation and down_proj inputs (a Llama-style block; others are of the same order).
+SAVED_PER_TOKEN = (10, 4)
+GENERIC_OPENING = 12  # tokens of a generic opening of the preservation term (measured ~10-14)
+
+
+@dataclass
+class Plan:
+    model: str
+    dtype: str
+    n_edits: int
+    tokens_per_edit: float
+    target_tokens_per_edit: float
+    layers: int
+    first_trained_layer: int
+    trained_parameters: int
+    steps: int
+    weights_bytes: int
+    prefix_cache_bytes: int
+    master_adam_bytes: int
+    activation_bytes: int
+    logits_bytes: int
+    training_bytes: int
+    peak_bytes: int
+    device: str
+    device_bytes: Optional[int]
+    fits: Optional[bool]
+
+    def table(self) -> str:
+        gb = lambda b: f"{b / 2**30:.2f} GB"
+        rows = [("model", self.model), ("dtype", self.dtype),
+                ("edits", f"{self.n_edits} x {self.tokens_per_edit:.1f} tokens "
+                          f"({self.target_tokens_per_edit:.1f} target)"),
+                ("trained", f"{self.trained_parameters:,} parameters from layer "
+                            f"{self.first_trained_layer} of {self.layers}"),
+                ("optimizer steps (at most)", f"{self.steps:,}"),
+                ("weights", gb(self.weights_bytes)),
+                ("frozen-prefix cache", gb(self.prefix_cache_bytes)),
+                ("fp32 masters + grads + Adam", gb(self.master_adam_bytes)),
+                ("activations (one mini-batch)", gb(self.activation_bytes)),
+                ("target-only logits", gb(self.logits_bytes)),
+                ("training (on top of the weights)", gb(self.training_bytes)),
+                ("peak", gb(self.peak_bytes)),
+                ("device", self.device + (f", {gb(self.device_bytes)} available"
+                                          if self.device_bytes is not None else "")),
+                ("fits", {True: "yes", False: "NO", None: "unknown"}[self.fits])]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def meta_model(config):
+    """The model of ``config`` with every tensor on the meta device (no memory, no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def visible_device_bytes(device: str) -> Optional[int]:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    if device == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edit: float,
+         device: Optional[str] = None, model_name: str = "") -> Plan:
+    """The memory and steps of editing ``n_edits`` edits of ``tokens_per_edit`` tokens
+    (``target_tokens_per_edit`` of them target + EOS) with ``hp`` on the model of ``config``."""
+    from .locft import select_parameters
+    from .locft.modeling import find_layer_stack
+
+    model = meta_model(config)
+    dtype = getattr(torch, hp.dtype) if hp.dtype else (
+        getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    elem = torch.empty((), dtype=dtype).element_size()
+    params = select_parameters(model, hp)
+    stack_name, stack = find_layer_stack(model, list(params))
+    layers = len(stack) if stack is not None else int(getattr(config, "num_hidden_layers", 0))
+    first = min(int(n[len(stack_name) + 1:].split(".")[0]) for n in params) \
+        if stack is not None else 0
+    hidden = int(config.hidden_size)
+    inter = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 1))
+    vocab = int(config.vocab_size)
+    weights = sum(p.numel() for p in model.parameters()) * elem
+    trained = sum(p.numel() for p in params.values())
+    # the preservation term's generic texts (an opening of about GENERIC_OPENING tokens plus
+    # preserve_new_tokens sampled ones) are cached like the edits; preserve_batch of them
+    # run through every step with all their positions projected
+    generic = GENERIC_OPENING + hp.preserve_new_tokens if hp.preserve_weight > 0 else 0
+    tokens = n_edits * tokens_per_edit + hp.preserve_samples * generic
+    cache = int(tokens * hidden * elem) if first > 0 else 0
+    mbs = min(hp.mini_batch_size, n_edits)
+    batch_tokens = mbs * tokens_per_edit + hp.preserve_batch * generic
+    above = layers - first
+    saved = SAVED_PER_TOKEN[0] * hidden + SAVED_PER_TOKEN[1] * inter
+    scores = heads * tokens_per_edit  # attention probabilities per token and layer
+    activations = int(batch_tokens * above * (saved + scores) * elem)
+    logits = int((mbs * target_tokens_per_edit + hp.preserve_batch * generic) * vocab * 4 * 2)
+    master_adam = trained * 16
+    training = cache + master_adam + activations + logits
+    steps = hp.num_epochs * math.ceil(n_edits / hp.mini_batch_size) \
+        if hp.pipeline == "breadth_first" else hp.num_epochs * n_edits
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    available = visible_device_bytes(device)
+    return Plan(model_name or type(model).__name__, str(dtype)[6:], n_edits, tokens_per_edit,
+                target_tokens_per_edit, layers, first, trained, steps, weights, cache,
+                master_adam, activations, logits, training, weights + training, device,
+                available, None if available is None else weights + training <= available)
+
+
+def token_counts(tok, requests: Sequence[dict], hp) -> Dict[str, float]:
+    """Mean tokens per edit and per target, as LocFT encodes them."""
+    from .locft.encoding import encode_requests
+
+    examples = encode_requests(tok, requests, hp.append_eos, hp.max_length)
+    return {"tokens": sum(e.length for e in examples) / len(examples),
+            "target": sum(e.target_len for e in examples) / len(examples)}
+
+
+def as_json(p: Plan) -> str:
+    return json.dumps(asdict(p))
+
+
+def config_of(model: str):
+    """The config of a model folder, a config.json path or an ``embedded:`` name."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model_name
+
+    path = Path(resolve_model_name(model))
+    if path.is_file():
+        path = path.parent
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{model}: no config.json there (give a model folder or its "
+                                "config.json; nothing is downloaded)")
+    return AutoConfig.from_pretrained(str(path)), path

@@ -1,0 +1,44 @@
+"""locft-edit plan: memory and steps from the config alone, with exact arithmetic on a tiny
+model; measured against real runs by benchmarks/plan_check.py."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from locft_easyedit.cli import main
+from locft_easyedit.plan import SAVED_PER_TOKEN, plan
+
+
+def test_plan_arithmetic_on_the_tiny_config(tiny_model, tiny_hp):
+    hp = dataclasses.replace(tiny_hp, num_epochs=25, mini_batch_size=8)
+    p = plan(tiny_model.config, hp, n_edits=100, tokens_per_edit=10, target_tokens_per_edit=3,
+             device="cpu")
+    params = sum(t.numel() for t in tiny_model.parameters())  # tied embeddings counted once
+    assert p.weights_bytes == params * 4
+    assert (p.layers, p.first_trained_layer) == (4, 2)
+    assert p.trained_parameters == 128 * 64 and p.master_adam_bytes == 128 * 64 * 16
+    assert p.prefix_cache_bytes == 100 * 10 * 64 * 4
+    saved = SAVED_PER_TOKEN[0] * 64 + SAVED_PER_TOKEN[1] * 128 + 4 * 10
+    assert p.activation_bytes == 8 * 10 * 2 * saved * 4  # 8 edits x 10 tokens, layers 2 and 3
+    assert p.logits_bytes == 8 * 3 * tiny_model.config.vocab_size * 4 * 2
+    assert p.steps == 25 * 13
+    assert p.training_bytes == (p.prefix_cache_bytes + p.master_adam_bytes + p.activation_bytes
+                                + p.logits_bytes)
+    assert p.peak_bytes == p.weights_bytes + p.training_bytes and p.fits is True
+
+
+def test_plan_cli_reads_only_a_config(tiny_model, tiny_hp, tmp_path, capsys):
+    tiny_model.config.save_pretrained(tmp_path)  # config.json only: no weights at all
+    tiny_hp.to_yaml(tmp_path / "hp.yaml")
+    assert main(["--quiet", "plan", "--hparams", str(tmp_path / "hp.yaml"), "--model",
+                 str(tmp_path / "config.json"), "--n", "1000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"weights_bytes", "training_bytes", "peak_bytes", "steps", "fits"} <= set(out)
+    assert out["n_edits"] == 1000 and out["steps"] == 60 * 125
+    assert main(["--quiet", "plan", "--hparams", str(tmp_path / "hp.yaml"), "--model",
+                 str(tmp_path), "--n", "10"]) == 0
+    assert "optimizer steps (at most)" in capsys.readouterr().out
+    assert main(["--quiet", "plan", "--hparams", str(tmp_path / "hp.yaml"), "--model",
+                 str(tmp_path / "nowhere")]) == 2
