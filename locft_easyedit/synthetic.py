@@ -80,3 +80,39 @@ def tiny_setup(n_facts: int = 32, seed: int = 0, **model_kw) -> Tuple[object, ob
     """``(model, tokenizer, facts)`` ready for a unit test."""
     tok = build_tokenizer()
     return build_tiny_model(len(tok), seed=seed, **model_kw), tok, synthetic_facts(n_facts, seed)
+
+
+def build_sentencepiece_tokenizer(extra_text: List[str] = (), vocab_size: int = 400):
+    """A Llama-2-style SentencePiece BPE tokenizer (``<s>`` 0, ``</s>`` 1, ``<pad>`` 2,
+    ``<unk>`` 3) trained offline on the synthetic facts, as a PreTrainedTokenizerFast.
+
+    It has the layout of Llama-2's / Mistral-v0.1's ``tokenizer.json`` under transformers 4.x
+    ("legacy"): the normalizer prepends "▁" to EVERY text and turns spaces into "▁", there is
+    no pre-tokenizer, BOS is added. So a text that starts with a space gets a lone "▁" first:
+    " Paris" alone is ``['▁', '▁Paris']`` while "... is Paris" ends in ``'▁Paris'``, which is
+    what joint tokenization of prompt + target is for. (A ``Metaspace`` pre-tokenizer with
+    ``prepend_scheme="always"`` would not show it: it prepends only to a text that does not
+    already start with "▁".) Pieces never join across a word start: the vocabulary is learnt
+    with a whitespace split, as SentencePiece does. No byte fallback: other characters are
+    ``<unk>``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [r.format(s) + " " + o for r in RELATIONS for s in SUBJECTS for o in OBJECTS[:3]]
+    corpus += [" " + o for o in OBJECTS] + list(extra_text)
+    sp = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                          normalizers.Replace(" ", "▁")])
+    # learn pieces within words only, then tokenize the whole text as Llama-2's file does
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never",
+                                                split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=["<s>", "</s>", "<pad>", "<unk>"])
+    sp.train_from_iterator(corpus, trainer)
+    sp.pre_tokenizer = None
+    sp.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    sp.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>", padding_side="right")

@@ -3,16 +3,49 @@
 The target gets a leading space when missing and, with ``append_eos``, the tokenizer's EOS
 token. Lengths come from the token lists themselves, never from counting pad ids (a
 tokenizer whose pad token is its EOS token would otherwise hide the first target token).
+
+Joint tokenization
+------------------
+``prompt + target`` is tokenized as ONE text, as the paper's authors and EasyEdit's scorer
+do, and split where the target's text begins. Tokenizing the two separately differs for a
+SentencePiece tokenizer that prepends "▁" to every text (Llama-2 / Mistral-v0.1 under
+transformers 4.x, "legacy"): the target " Paris" alone is ``['▁', '▁Paris']`` but inside
+"... is Paris" it is ``['▁Paris']``, so separate ids would teach the model to emit a lone "▁"
+first and EasyEdit's rewrite_acc would miss the first token. Byte-level BPE (GPT-2, Llama-3,
+SmolLM2) gives the same ids either way.
+
+Where the split lies:
+
+* fast tokenizers (character offsets): the special tokens the template puts before the text
+  (BOS) belong to the prompt, the ones it puts after the text (an EOS some templates add) are
+  dropped (the target ends with EOS exactly when ``append_eos``); of the text's tokens, the
+  target starts at the first one with a non-empty character span starting at or after
+  ``len(prompt)`` (a SentencePiece "▁Paris" spans the target's leading space, so it starts
+  exactly there). If a token straddles the boundary (starts inside the prompt's text, ends
+  inside the target's), the boundary cannot be represented: that request is tokenized
+  separately, as before, and a WARNING says so once per tokenizer.
+* tokenizers without offsets (slow ones): a probe pair is tokenized both ways once per
+  tokenizer (the verdict is cached). If they agree, requests are tokenized separately (cheap,
+  and what they have always been). If not, each request is tokenized jointly when the
+  prompt's own ids are a prefix of the joint ids (the rest is the target), else separately
+  with a WARNING once per tokenizer.
 """
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .errors import RequestError
 from .requests import normalise_target
+
+logger = logging.getLogger(__name__)
+
+# the probe for tokenizers without offsets: an ordinary fact, the target after a word
+PROBE = ("The capital of France is", " Paris")
 
 
 @dataclass(frozen=True)
@@ -31,10 +64,145 @@ class Encoded:
         return len(self.ids) - self.prompt_len
 
 
+class _PerTokenizer:
+    """A value per tokenizer object: weakly keyed where it can be, else by ``id`` (kept)."""
+
+    def __init__(self):
+        self._weak = weakref.WeakKeyDictionary()
+        self._strong = {}
+
+    def _table(self, tok):
+        try:
+            weakref.ref(tok)
+            hash(tok)
+            return self._weak
+        except TypeError:
+            return self._strong
+
+    def _key(self, tok):
+        return tok if self._table(tok) is self._weak else id(tok)
+
+    def get(self, tok, default=None):
+        return self._table(tok).get(self._key(tok), default)
+
+    def set(self, tok, value) -> None:
+        self._table(tok)[self._key(tok)] = value
+
+
+_offsets_verdict = _PerTokenizer()  # tok -> bool: gives character offsets
+_probe_verdict = _PerTokenizer()    # tok -> bool: joint == separate on PROBE (no offsets)
+_warned = _PerTokenizer()           # tok -> set of warning kinds already logged
+
+
+def _warn_once(tok, kind: str, message: str) -> None:
+    seen = _warned.get(tok)
+    if seen is None:
+        seen = set()
+        _warned.set(tok, seen)
+    if kind not in seen:
+        seen.add(kind)
+        logger.warning(message)
+
+
+def _separate(tok, prompt: str, target: str) -> Tuple[List[int], List[int]]:
+    """The prompt with the template's special tokens, the target without: the old way."""
+    return (list(tok(prompt, add_special_tokens=True)["input_ids"]),
+            list(tok(target, add_special_tokens=False)["input_ids"]))
+
+
+def _with_offsets(tok, text: str):
+    """``tok(text)`` with offsets and the special-tokens mask, or None without offsets."""
+    if _offsets_verdict.get(tok) is False:
+        return None
+    try:
+        enc = tok(text, add_special_tokens=True, return_offsets_mapping=True,
+                  return_special_tokens_mask=True)
+    except (NotImplementedError, ValueError, TypeError):  # a slow (Python) tokenizer
+        enc = None
+    ok = enc is not None and "offset_mapping" in enc and "special_tokens_mask" in enc
+    _offsets_verdict.set(tok, ok)
+    return enc if ok else None
+
+
+def split_at_offsets(ids: Sequence[int], offsets: Sequence[Tuple[int, int]],
+                     special: Sequence[int], prompt_chars: int
+                     ) -> Optional[Tuple[List[int], List[int]]]:
+    """``(prompt ids, target ids)`` of a joint tokenization whose prompt text is the first
+    ``prompt_chars`` characters, or None when no token boundary lies there (a token straddles
+    it, or a template token sits inside the text). Template tokens (special, offsets (0, 0))
+    before the text go with the prompt, those after it are dropped."""
+    template = [bool(s) and tuple(o) == (0, 0) for s, o in zip(special, offsets)]
+    text = [i for i, t in enumerate(template) if not t]
+    if not text:
+        return list(ids), []
+    first, last = text[0], text[-1]
+    if any(template[first:last + 1]):
+        return None  # a template token between text tokens: not a single-text template
+    cut = next((i for i in text if offsets[i][1] > offsets[i][0]
+                and offsets[i][0] >= prompt_chars), last + 1)
+    if any(offsets[i][1] > prompt_chars for i in range(first, cut)):
+        return None  # a prompt-side token reaches into the target's text
+    if any(offsets[i][0] < prompt_chars for i in range(cut, last + 1)):
+        return None  # a target-side token starts inside the prompt's text
+    return list(ids[:cut]), list(ids[cut:last + 1])
+
+
+def _joint_matches_separate(tok) -> bool:
+    """Whether ``tok`` (no offsets) tokenizes :data:`PROBE` the same jointly and separately
+    (text tokens only; cached per tokenizer)."""
+    verdict = _probe_verdict.get(tok)
+    if verdict is None:
+        prompt, target = PROBE
+        joint = list(tok(prompt + target, add_special_tokens=False)["input_ids"])
+        sep = (list(tok(prompt, add_special_tokens=False)["input_ids"])
+               + list(tok(target, add_special_tokens=False)["input_ids"]))
+        verdict = joint == sep
+        _probe_verdict.set(tok, verdict)
+        if not verdict:
+            logger.info("tokenizer %s has no character offsets and tokenizes %r differently "
+                        "alone than after %r: targets are split off the joint ids by prefix",
+                        type(tok).__name__, target, prompt)
+    return verdict
+
+
+def _split_by_prefix(tok, prompt: str, target: str) -> Optional[Tuple[List[int], List[int]]]:
+    """Without offsets: the joint text's ids past the prompt's own ids, if those are a prefix."""
+    alone = list(tok(prompt, add_special_tokens=False)["input_ids"])
+    joint = list(tok(prompt + target, add_special_tokens=False)["input_ids"])
+    if joint[:len(alone)] != alone:
+        return None
+    return list(tok(prompt, add_special_tokens=True)["input_ids"]), joint[len(alone):]
+
+
+def split_prompt_target(tok, prompt: str, target: str) -> Tuple[List[int], List[int]]:
+    """``(prompt ids with the template's leading special tokens, target ids)`` of the joint
+    tokenization of ``prompt + target`` (``target`` as given: no space added, no EOS); see
+    the module's docstring for the rule and its fallbacks."""
+    enc = _with_offsets(tok, prompt + target)
+    if enc is not None:
+        split = split_at_offsets(enc["input_ids"], enc["offset_mapping"],
+                                 enc["special_tokens_mask"], len(prompt))
+        if split is not None:
+            return split
+        _warn_once(tok, "straddle",
+                   f"tokenizer {type(tok).__name__}: a token straddles the prompt/target "
+                   f"boundary of {prompt!r} + {target!r}; such requests are tokenized "
+                   f"separately (prompt, then target), as before joint tokenization "
+                   f"(logged once per tokenizer)")
+    elif not _joint_matches_separate(tok):
+        split = _split_by_prefix(tok, prompt, target)
+        if split is not None:
+            return split
+        _warn_once(tok, "prefix",
+                   f"tokenizer {type(tok).__name__} (no character offsets): the prompt's "
+                   f"tokens are not a prefix of the joint tokens of {prompt!r} + {target!r}; "
+                   f"such requests are tokenized separately (logged once per tokenizer)")
+    return _separate(tok, prompt, target)
+
+
 def encode_one(tok, prompt: str, target: str, append_eos: bool = True,
                max_length: int = 10**9) -> Encoded:
-    prompt_ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
-    target_ids = list(tok(normalise_target(target), add_special_tokens=False)["input_ids"])
+    prompt_ids, target_ids = split_prompt_target(tok, prompt, normalise_target(target))
     if append_eos and tok.eos_token_id is not None:
         target_ids.append(tok.eos_token_id)
     if len(target_ids) == 0:
