@@ -33,7 +33,8 @@ def variants(repo: Path) -> dict:
         cfg = yaml.safe_load(path.read_text())
         if not str(cfg.get("rewrite_module_tmp")).startswith("model.layers"):
             continue  # GPT-2 / GPT-J names: not a Llama
-        cfg.update(model_name="tiny", layers=[2], device="cpu",
+        # the tiny model is float32: the YAMLs' dtype (bfloat16) would be refused by name
+        cfg.update(model_name="tiny", layers=[2], device="cpu", dtype=None,
                    num_epochs=min(cfg.get("num_epochs", 25), 8))
         out[path.stem] = cfg
     base, lora = out["smollm2-135m"], out["smollm2-135m-lora"]
