@@ -75,6 +75,7 @@ import locft_easyedit
 where = os.path.realpath(locft_easyedit.__file__)
 if not where.startswith(repo + os.sep):
     sys.exit(f"matrix: locft_easyedit imported from {where}, not from the checkout {repo}")
+print(f"matrix: locft_easyedit imported from {where}")
 for pin in sys.argv[2:]:
     if "==" in pin:
         name, version = pin.split("==")
