@@ -17,7 +17,7 @@ repo=$(pwd -P)
 
 # name|what pip installs into the venv (pins, or --upgrade for the newest releases)
 MATRIX=(
-    "oldest|transformers==5.1.0 peft==0.18.0 tokenizers==0.22.1 huggingface_hub==1.3.0 accelerate==1.12.0"
+    "oldest|transformers==4.56.0 peft==0.18.0 tokenizers==0.22.0 huggingface_hub==0.34.0 accelerate==1.10.0"
     "easyedit-pin|transformers==5.5.4 peft==0.18.0 tokenizers==0.22.1 huggingface_hub==1.17.0"
     "newest|--upgrade transformers peft tokenizers huggingface_hub accelerate"
 )

@@ -96,7 +96,7 @@ def generate_answers(model, tok, prompts: Sequence[str], max_new_tokens: int = 3
         with left_padding(tok):
             for s in _batches(len(prompts), batch_size, "generating", progress):
                 enc = tok(list(prompts[s:s + batch_size]), return_tensors="pt", padding=True)
-                enc = {k: v.to(input_device(model)) for k, v in enc.items()}
+                enc = {k: enc[k].to(input_device(model)) for k in ("input_ids", "attention_mask")}
                 # stop_strings ends a row at its first stop (the text is cut there anyway),
                 # so a batch ends when every row has answered, not after 32 tokens
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,

@@ -82,7 +82,9 @@ def meta_model(config):
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # transformers 5.0.0 leaves meta-device embeddings untied
+    return model
 
 
 def visible_device_bytes(device: str) -> Optional[int]:

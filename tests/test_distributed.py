@@ -35,6 +35,7 @@ def _worker(rank, world, init_file, out_file, impl):
                    out_file if rank == 0 else out_file + ".rank1")
     finally:
         dist.all_reduce = real
+        dist.barrier()  # both ranks done before gloo tears down (a rank aborted otherwise)
         dist.destroy_process_group()
 
 
@@ -75,6 +76,7 @@ def _ckpt_worker(rank, world, init_file, out_file, dirs):
         except CheckpointError as exc:
             torch.save({"error": str(exc)}, f"{out_file}.{rank}")
     finally:
+        dist.barrier()  # both ranks done before gloo tears down (a rank aborted otherwise)
         dist.destroy_process_group()
 
 

@@ -95,7 +95,7 @@ def sample_generic_text(model, tok, openings: Sequence[str], n: int, new_tokens:
             torch.manual_seed(seed)
             for s in range(0, n, batch_size):
                 enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True)
-                enc = {k: v.to(device) for k, v in enc.items()}
+                enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
                 gen = model.generate(**enc, max_new_tokens=new_tokens, do_sample=True,
                                      top_k=50, temperature=1.0, top_p=1.0,
                                      pad_token_id=pad_id_of(tok), eos_token_id=tok.eos_token_id)
