@@ -14,7 +14,6 @@ mini-batches of 8; 16 optimizer steps):
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import sys
@@ -34,10 +33,6 @@ from locft_easyedit.synthetic import build_tokenizer, synthetic_facts  # noqa: E
 
 TOLERANCE = 1e-4  # float32: fast and reference differ only by summation order
 LAYER = 2
-# families whose fast path does not reproduce the reference on the current code:
-# {family: reason}; the tests of the fast path itself are strict xfails for them. Empty since
-# dea9b9e (logits from the model's own forward with logits_to_keep): all nine families pass
-FAST_PATH_BROKEN: Dict[str, str] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,13 +101,6 @@ def expected_names(model, templates):
     return names
 
 
-def fast_path_case(family: str):
-    if family in FAST_PATH_BROKEN:
-        return pytest.param(family, marks=pytest.mark.xfail(strict=True,
-                                                            reason=FAST_PATH_BROKEN[family]))
-    return family
-
-
 FAMILY_IDS = list(FAMILIES)
 
 
@@ -125,7 +113,7 @@ def test_fast_edit_matches_reference(family):
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
-@pytest.mark.parametrize("family", [fast_path_case(f) for f in FAMILY_IDS])
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_fast_path_itself_matches_reference(family):
     """The fast loss with its self-check bypassed: prefix cache + stand-in + target logits."""
     model, _, _, out = runs(family)
@@ -140,7 +128,7 @@ def test_fast_path_itself_matches_reference(family):
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
-@pytest.mark.parametrize("family", [fast_path_case(f) for f in FAMILY_IDS])
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_fast_path_is_used_not_refused(family):
     """Where the fast path is right, its self-check lets it run (no needless fallback)."""
     _, _, _, out = runs(family)
@@ -163,7 +151,7 @@ def test_reference_edit_is_real(family):
     # every selected tensor moved; writing the edit in changes nothing else
     params = base_params(model)
     assert all(not torch.equal(new[n], params[n]) for n in want)
-    edited = {**{n: p for n, p in params.items()}, **new}
+    edited = {**params, **new}
     changed = {n for n, p in edited.items() if not torch.equal(p, params[n])}
     assert changed == want
 

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from locft_easyedit import (LocFTHyperParams, RequestError, TrainingDiverged,
-                            apply_locft_to_model, execute_locft, restore_weights)
+from locft_easyedit import (TrainingDiverged, apply_locft_to_model, execute_locft,
+                            restore_weights)
 from locft_easyedit.evaluate import token_accuracy
 
 from conftest import nan_at_forward, state_snapshot

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import pytest
-
 from locft_easyedit.cli import main
 from locft_easyedit.plan import SAVED_PER_TOKEN, plan
 

@@ -11,10 +11,10 @@ weights are never touched while training (a failed run leaves it as it was).
 * :class:`ReferenceLoss` is the straightforward loop: tokenize the mini-batch every step,
   run the whole model, project every position onto the vocabulary.
 * :class:`FastLoss` removes the waste without changing the result: tokens are encoded once;
-  micro-batches of similar length cut padding (gradients are accumulated, so the mini-batch
-  is the same); the hidden states entering the first trained layer are computed once (the
-  frozen-prefix cache) and each forward starts there; and only target positions go through
-  the vocabulary projection.
+  micro-batches of similar length cut padding (their losses are summed before one backward,
+  so the mini-batch is the same); the hidden states entering the first trained layer are
+  computed once (the frozen-prefix cache) and each forward starts there; and the model's own
+  forward projects only target positions onto the vocabulary (``logits_to_keep``).
 
 Locality terms (:mod:`.regularizers`) need the edited model's logits on their own generic
 texts: each loss computes them with the same forward it uses for the edits (so the fast path
@@ -257,7 +257,7 @@ class FastLoss:
         finally:
             h1.remove()
             h2.remove()
-        self.cache, self.stack, self.first, self.stack_name = flat, stack, first, stack_name
+        self.cache, self.stack, self.first = flat, stack, first
         as_tuple = captured.get("tuple", False)
         self.skips = [_Skip(stack[i], as_tuple, emit=(i == first - 1)) for i in range(first)]
         logger.info("frozen-prefix cache: layers 0..%d computed once (%.1f MB)", first - 1,
