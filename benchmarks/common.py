@@ -5,7 +5,9 @@ tiny test configuration.
   :func:`data_path` names both when a file is missing;
 * models: :func:`load` gives ``(model, tokenizer, model_dir)`` for ``tiny`` (the random Llama
   of the tests), ``embedded:smollm2-135m`` or a local model folder;
-* :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model.
+* :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model;
+* ``--set KEY=VALUE`` overrides of hparams fields: :func:`add_set_argument`,
+  :func:`with_overrides`.
 
 The scripts import it as ``common`` with this folder on ``sys.path`` (run as a script, Python
 puts it there; loaded from a file, the script adds it).
@@ -70,3 +72,18 @@ def tiny_hparams(**overrides):
     from locft_easyedit import LocFTHyperParams
 
     return LocFTHyperParams(**{"model_name": TINY, "layers": [2], "lr": 1e-2, **overrides})
+
+
+def add_set_argument(ap) -> None:
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override hparams fields (YAML values), e.g. lr=1e-3 layers=[18]")
+
+
+def with_overrides(hp, sets):
+    """``(hp with the --set KEY=VALUE fields replaced, {key: value})``."""
+    import yaml
+
+    from locft_easyedit import LocFTHyperParams
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+    return LocFTHyperParams.from_dict({**hp.to_dict(), **overrides}, source="--set"), overrides

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
-from common import data_path, load  # noqa: E402
+from common import add_set_argument, data_path, load, with_overrides  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -38,8 +38,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--dataset", default=None, help="zsre | counterfact | wikibigedit (guessed)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--offset", type=int, default=0)
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override hparams fields (YAML values), e.g. lr=1e-3 layers=[18]")
+    add_set_argument(ap)
     ap.add_argument("--no-generation", action="store_true", help="skip generation exact match")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="append the result as one JSON line")
@@ -48,10 +47,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    hp = LocFTHyperParams.from_hparams(args.hparams)
-    import yaml
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    hp = LocFTHyperParams.from_dict({**hp.to_dict(), **overrides}, source="--set")
+    hp, overrides = with_overrides(LocFTHyperParams.from_hparams(args.hparams), args.set)
     data = Path(args.data) if args.data else data_path("zsre_2k.json")
     model, tok, _ = load(hp.model_name, device="cuda" if torch.cuda.is_available() else None,
                          dtype=hp.dtype)

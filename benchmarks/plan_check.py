@@ -9,6 +9,9 @@ edit's. Memory does not depend on the number of epochs, so the run takes ``--epo
 (default 2) of the YAML's settings.
 
     python benchmarks/plan_check.py --n 300 --threads 1 --out benchmarks/results/plan_check.jsonl
+
+With ``--device cuda`` the model sits on the GPU and the measurement is the growth of
+``torch.cuda.max_memory_allocated`` during the edit (benchmarks/gpu.sh runs it).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu (resident memory) or cuda")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -51,17 +55,23 @@ def main(argv=None) -> dict:
     hp = LocFTHyperParams.from_hparams(args.hparams)
     hp = dataclasses.replace(hp, num_epochs=args.epochs)
     requests = load_dataset(data_path("zsre_2k.json"), "zsre", n=args.n)
-    model, tok = load_model(hp.model_name, dtype=hp.dtype)
+    gpu = args.device.startswith("cuda")
+    model, tok = load_model(hp.model_name, dtype=hp.dtype, device=args.device)
     config, _ = config_of(hp.model_name)
     counts = token_counts(tok, requests, hp)
-    estimate = plan(config, hp, len(requests), counts["tokens"], counts["target"], device="cpu")
+    estimate = plan(config, hp, len(requests), counts["tokens"], counts["target"],
+                    device=args.device)
     from locft_easyedit.evaluate import token_accuracy
 
     token_accuracy(model, tok, [r["prompt"] for r in requests], [r["target_new"] for r in requests])
-    before, peak, done = rss_bytes(), [0], threading.Event()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if gpu else rss_bytes()
+    peak, done = [0], threading.Event()
 
     def sample():
-        while not done.is_set():
+        while not done.is_set() and not gpu:
             peak[0] = max(peak[0], rss_bytes())
             time.sleep(0.005)
 
@@ -72,14 +82,16 @@ def main(argv=None) -> dict:
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    growth = max(peak[0], rss_bytes()) - before
+    growth = (torch.cuda.max_memory_allocated() if gpu else max(peak[0], rss_bytes())) - before
     row = {"model": hp.model_name, "hparams": args.hparams, "n": len(requests),
            "epochs": args.epochs, "tokens_per_edit": counts["tokens"],
-           "planned_training_bytes": estimate.training_bytes, "measured_rss_growth_bytes": growth,
+           "planned_training_bytes": estimate.training_bytes,
+           ("measured_gpu_growth_bytes" if gpu else "measured_rss_growth_bytes"): growth,
            "ratio_planned_over_measured": estimate.training_bytes / growth,
            "planned": dataclasses.asdict(estimate), "seconds": seconds,
            "threads": args.threads, "load_avg_1min": os.getloadavg()[0],
-           "machine": f"{platform.machine()} {os.cpu_count()} cores, cpu",
+           "machine": f"{platform.machine()} {os.cpu_count()} cores, " + (
+               torch.cuda.get_device_name() if gpu else "cpu"),
            "date": time.strftime("%Y-%m-%d"),
            "command": "python benchmarks/plan_check.py " + " ".join(argv or sys.argv[1:])}
     print(json.dumps({k: v for k, v in row.items() if k != "planned"}))

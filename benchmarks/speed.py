@@ -4,8 +4,11 @@ Each implementation runs in its own fresh subprocess (so peak memory is its own)
 the other, on the same edits with the same seed and settings. Reports seconds per edit,
 trained tokens per second, peak memory, reliability (teacher-forced) and the speed-up ratio.
 
-    # embedded model, 100 ZsRE edits, the shipped YAML (issue 7's CPU target)
-    python benchmarks/speed.py --model embedded --n 100
+    # embedded model, 100 ZsRE edits, the shipped YAML (issue 7's CPU target); each row has
+    # "phases": seconds by phase (generic-text sampling, cache, forward, backward, ...)
+    python benchmarks/speed.py --model embedded --n 100 --threads 1
+    # the same without the preservation term (the authors' method on this model)
+    python benchmarks/speed.py --model embedded --n 100 --threads 1 --set preserve_weight=0
     # tiny random model, synthetic facts: seconds per edit as N grows (fixed epochs)
     python benchmarks/speed.py --model tiny --n 1000 10000 --epochs 3 --only fast
     # LLaMA3-8B-shaped random model (GPU): 3K ZsRE-length edits, 25 epochs, layer 22 down_proj
@@ -26,7 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
-from common import DATA_ENV, REPO, TINY, data_path, load, tiny_hparams  # noqa: E402
+from common import (DATA_ENV, REPO, TINY, add_set_argument, data_path, load,  # noqa: E402
+                    tiny_hparams, with_overrides)
 
 DATA = "zsre_2k.json"  # in the shared data folder (common.data_path)
 
@@ -71,7 +75,7 @@ def _setup(args, n):
         hp = LocFTHyperParams(model_name="llama8b-shaped", layers=[layer], lr=5e-4,
                               mini_batch_size=100, num_epochs=25)
     hp = LocFTHyperParams.from_dict({**hp.to_dict(), **overrides})
-    return model, tok, requests, hp
+    return model, tok, requests, with_overrides(hp, args.set)[0]
 
 
 def _zsre(n, data):
@@ -84,6 +88,64 @@ def _zsre(n, data):
         out.extend({**r, "prompt": (f"({k}) " if k else "") + r["prompt"]}
                    for r in base[: n - len(out)])
     return out
+
+
+class Phases:
+    """Seconds spent in each phase of a run, by wrapping the functions that do them (in this
+    child process only): sampling the generic texts, building the cache, the unedited
+    distributions, the fast path's self-check, the forward of every mini-batch, its
+    backward, and the rest (optimizer steps, shuffling, bookkeeping)."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+        self._patches = []
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def _timed(self, owner, attr: str, name: str, wrap_result=None) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)
+            self._add(name, time.perf_counter() - t0)
+            return wrap_result(out) if wrap_result else out
+
+        setattr(owner, attr, timed)
+        self._patches.append((owner, attr, original))
+
+    def _timed_backward(self, step):
+        backward = step.backward
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            backward(*args, **kwargs)
+            self._add("backward", time.perf_counter() - t0)
+
+        step.backward = timed
+        return step
+
+    def __enter__(self):
+        from locft_easyedit.locft import losses, regularizers, training
+
+        self._timed(regularizers, "sample_generic_text", "sample generic text")
+        self._timed(losses.FastLoss, "_maybe_build_cache", "cache")
+        self._timed(regularizers.Regularizer, "fill", "unedited distributions")
+        self._timed(training, "fast_path_mismatch", "self-check")
+        for cls in (losses.FastLoss, losses.ReferenceLoss):
+            self._timed(cls, "__call__", "forward", self._timed_backward)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attr, original in reversed(self._patches):
+            setattr(owner, attr, original)
+        return False
+
+    def report(self, total: float) -> dict:
+        out = {k: round(v, 2) for k, v in self.seconds.items()}
+        out["other"] = round(total - sum(self.seconds.values()), 2)
+        return out
 
 
 def measure(args) -> dict:
@@ -106,16 +168,19 @@ def measure(args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    new, result = execute_locft(model, tok, requests, hp, progress=False)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    with Phases() as phases:
+        t0 = time.perf_counter()
+        new, result = execute_locft(model, tok, requests, hp, progress=False)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
     out = {"impl": hp.implementation, "model": args.model, "n": n, "epochs": result.epochs,
            "steps": result.steps, "seconds": seconds, "seconds_per_edit": seconds / n,
            "target_tokens_per_second": tokens * result.epochs / seconds,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_after_load_mb": rss_loaded}
+           "rss_after_load_mb": rss_loaded, "cache": result.cache,
+           "implementation": result.implementation, "phases": phases.report(seconds),
+           "overrides": args.set}
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if not args.no_score and args.model != "llama8b-shaped":
@@ -141,6 +206,7 @@ def main(argv=None):
     ap.add_argument("--scale-down", action="store_true",
                     help="llama8b-shaped: a quarter the width and depth (for CPU)")
     ap.add_argument("--no-score", action="store_true")
+    add_set_argument(ap)
     ap.add_argument("--out", default=None, help="append results as JSON lines")
     ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # internal: child process
     args = ap.parse_args(argv)
@@ -158,6 +224,7 @@ def main(argv=None):
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--scale-down"] if args.scale_down else []
             cmd += ["--no-score"] if args.no_score else []
+            cmd += ["--set", *args.set] if args.set else []
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})
             line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

@@ -154,8 +154,10 @@ def load_model(name_or_path: str, device=None, dtype=None, device_map=None):
     """``(model, tokenizer)`` from a local folder or an ``embedded:`` name, in eval mode, in
     ``dtype`` (a torch dtype or its name; None: the checkpoint's own).
 
-    ``device_map`` (e.g. ``"auto"``) spreads a model larger than one device over several
-    through accelerate; ``device`` is then ignored."""
+    The weights are loaded straight onto ``device`` (``device_map={"": device}``), so host
+    memory never holds a second copy of a model meant for a GPU. ``device_map`` (e.g.
+    ``"auto"``) spreads a model larger than one device over several through accelerate;
+    ``device`` is then ignored."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -166,12 +168,12 @@ def load_model(name_or_path: str, device=None, dtype=None, device_map=None):
             f"(nothing is downloaded from a hub) or 'embedded:smollm2-135m'")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if not device_map and device is not None:
+        device_map = {"": str(device)}
     kwargs = {"device_map": device_map} if device_map else {}
     # dtype None: the checkpoint's own (its config's dtype; float32 when it names none)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **kwargs)
     tok = AutoTokenizer.from_pretrained(path)
-    if device is not None and not device_map:
-        model.to(device)
     model.eval()
     return model, tok
 

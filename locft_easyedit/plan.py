@@ -3,7 +3,10 @@ config alone (the model is built on the meta device: no weights are read).
 
 What an edit needs on top of the loaded model (``training_bytes``):
 
-* the frozen-prefix cache: every edit token's hidden state entering the first trained layer;
+* the fast path's cache, as :class:`~.locft.losses.FastLoss` chooses it: at the module level
+  (one linear module of the first trained layer trains, e.g. ``mlp.down_proj``) every token's
+  input to that module plus the rest of the layer's output; else (or when that does not fit
+  its budget) every token's hidden state entering the first trained layer;
 * the trained tensors' fp32 master copies, their gradients and Adam's two moments (16 bytes a
   trained parameter);
 * the activations autograd keeps for one mini-batch through the layers from the first trained
@@ -45,6 +48,7 @@ class Plan:
     trained_parameters: int
     steps: int
     weights_bytes: int
+    cache_level: str
     prefix_cache_bytes: int
     master_adam_bytes: int
     activation_bytes: int
@@ -64,7 +68,7 @@ class Plan:
                             f"{self.first_trained_layer} of {self.layers}"),
                 ("optimizer steps (at most)", f"{self.steps:,}"),
                 ("weights", gb(self.weights_bytes)),
-                ("frozen-prefix cache", gb(self.prefix_cache_bytes)),
+                (f"cache ({self.cache_level} level)", gb(self.prefix_cache_bytes)),
                 ("fp32 masters + grads + Adam", gb(self.master_adam_bytes)),
                 ("activations (one mini-batch)", gb(self.activation_bytes)),
                 ("target-only logits", gb(self.logits_bytes)),
@@ -99,10 +103,12 @@ def visible_device_bytes(device: str) -> Optional[int]:
 
 
 def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edit: float,
-         device: Optional[str] = None, model_name: str = "") -> Plan:
+         device: Optional[str] = None, model_name: str = "",
+         device_bytes: Optional[int] = None) -> Plan:
     """The memory and steps of editing ``n_edits`` edits of ``tokens_per_edit`` tokens
     (``target_tokens_per_edit`` of them target + EOS) with ``hp`` on the model of ``config``."""
     from .locft import select_parameters
+    from .locft.losses import trained_module
     from .locft.modeling import find_layer_stack
 
     model = meta_model(config)
@@ -127,7 +133,11 @@ def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edi
     # run through every step with all their positions projected
     generic = GENERIC_OPENING + hp.preserve_new_tokens if hp.preserve_weight > 0 else 0
     tokens = n_edits * tokens_per_edit + hp.preserve_samples * generic
-    cache = int(tokens * hidden * elem) if first > 0 else 0
+    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    available = device_bytes if device_bytes is not None else visible_device_bytes(device)
+    level, cache = cache_plan(hp, tokens, hidden, elem, first, weights, device, available,
+                              trained_module(list(params), stack_name, first, stack[first])
+                              if stack is not None else None, stack)
     mbs = min(hp.mini_batch_size, n_edits)
     batch_tokens = mbs * tokens_per_edit + hp.preserve_batch * generic
     above = layers - first
@@ -139,12 +149,32 @@ def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edi
     training = cache + master_adam + activations + logits
     steps = hp.num_epochs * math.ceil(n_edits / hp.mini_batch_size) \
         if hp.pipeline == "breadth_first" else hp.num_epochs * n_edits
-    device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-    available = visible_device_bytes(device)
     return Plan(model_name or type(model).__name__, str(dtype)[6:], n_edits, tokens_per_edit,
-                target_tokens_per_edit, layers, first, trained, steps, weights, cache,
+                target_tokens_per_edit, layers, first, trained, steps, weights, level, cache,
                 master_adam, activations, logits, training, weights + training, device,
                 available, None if available is None else weights + training <= available)
+
+
+def cache_plan(hp, tokens: float, hidden: int, elem: int, first: int, weights: int,
+               device: str, available: Optional[int], module: Optional[str], stack) -> tuple:
+    """``(level, bytes)`` of the fast path's cache, chosen as FastLoss chooses it: the module
+    level when it applies and fits the budget, else the layer level, else none. The budget
+    is ``prefix_cache_max_gb``, else (as :func:`~.locft.losses.cache_budget_gb`) half of what
+    a GPU has free once the weights are loaded, a quarter on the CPU; unknown: no limit."""
+    if hp.prefix_cache_max_gb is not None:
+        budget = hp.prefix_cache_max_gb * 2**30
+    elif available is None:
+        budget = float("inf")
+    else:
+        budget = (0.5 if device.startswith("cuda") else 0.25) * max(available - weights, 0)
+    if module is not None:
+        size = int(tokens * (stack[first].get_submodule(module).in_features + hidden) * elem)
+        if size <= budget:
+            return "module", size
+    size = int(tokens * hidden * elem)
+    if first > 0 and size <= budget:
+        return "layer", size
+    return "off", 0
 
 
 def token_counts(tok, requests: Sequence[dict], hp) -> Dict[str, float]:

@@ -13,13 +13,18 @@ from locft_easyedit.synthetic import tiny_setup
 HP = dict(model_name="tiny", layers=[2], lr=1e-2, num_epochs=4, mini_batch_size=8, device="cpu")
 
 
-def _worker(rank, world, init_file, out_file, impl):
+def _worker(rank, world, init_file, out_file, impl, backend="gloo"):
+    """One rank: ``backend`` gloo on the CPU, or nccl with this rank on ``cuda:rank``
+    (tests/test_cuda.py)."""
     import torch.distributed as dist
 
     from locft_easyedit.locft import distributed
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
     real, devices = dist.all_reduce, []
 
     def recording(tensor, *args, **kwargs):  # every collective: on the group's device?
@@ -29,8 +34,11 @@ def _worker(rank, world, init_file, out_file, impl):
     dist.all_reduce = recording
     try:
         model, tok, facts = tiny_setup(32)
+        if backend == "nccl":
+            model.to(f"cuda:{rank}")
         hp = LocFTHyperParams(**HP, implementation=impl)
         new, _ = execute_locft(model, tok, facts, hp, progress=False)
+        new = {n: t.cpu() for n, t in new.items()}
         torch.save({"deltas": new, "collectives": devices},
                    out_file if rank == 0 else out_file + ".rank1")
     finally:
@@ -39,10 +47,10 @@ def _worker(rank, world, init_file, out_file, impl):
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="file:// rendezvous tested on Linux only")
-def test_two_processes_match_one(tmp_path, impl="fast"):
+def two_processes_match_one(tmp_path, impl="fast", backend="gloo"):
+    """Two ranks on ``backend`` give the edit of one process with the same mini-batch."""
     out = str(tmp_path / "deltas.pt")
-    mp.start_processes(_worker, args=(2, str(tmp_path / "rdzv"), out, impl), nprocs=2,
+    mp.start_processes(_worker, args=(2, str(tmp_path / "rdzv"), out, impl, backend), nprocs=2,
                        join=True, start_method="spawn")
     runs = torch.load(out), torch.load(out + ".rank1")
     for run in runs:  # the loss and every gradient of every step went through the group's device
@@ -57,6 +65,11 @@ def test_two_processes_match_one(tmp_path, impl="fast"):
         d1, d2 = one[name] - base[name], two[name] - base[name]
         # float summation order differs (two partial sums + all_reduce): measured ~1e-6
         assert float((d1 - d2).norm() / d1.norm()) <= 1e-4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file:// rendezvous tested on Linux only")
+def test_two_processes_match_one(tmp_path):
+    two_processes_match_one(tmp_path)
 
 
 def _ckpt_worker(rank, world, init_file, out_file, dirs):

@@ -6,9 +6,11 @@ mini-batches of 8; 16 optimizer steps):
 * ``reference``: ``implementation: reference`` (a plain forward of the whole model);
 * ``fast``: ``implementation: fast`` as shipped (its self-check may refuse it and fall back
   to the reference loss: ``TrainResult.implementation`` / ``fallback`` say so);
-* ``fast-forced``: the fast loss with its self-check bypassed, so what is compared is the
-  frozen-prefix cache, the layer stand-in and the target-only logits themselves, whatever
-  the self-check would have said.
+* ``fast-forced``: the fast loss at the layer level with its self-check bypassed, so what is
+  compared is the frozen-prefix cache, the layer stand-ins and the target-only logits
+  themselves, whatever the self-check would have said;
+* ``fast-forced-module``: the same at the module level (the trained module's input and the
+  rest of its layer cached), where it applies.
 
 ``python tests/test_families.py`` prints the measured differences per family.
 """
@@ -33,6 +35,12 @@ from locft_easyedit.synthetic import build_tokenizer, synthetic_facts  # noqa: E
 
 TOLERANCE = 1e-4  # float32: fast and reference differ only by summation order
 LAYER = 2
+# families whose trained tensor is one linear module of layer LAYER: the module level is built
+MODULE_LEVEL = {"llama", "qwen2-tied", "qwen3", "gemma2", "granite", "phi3", "gptj"}
+# ... and whose layer adds that module's output to the residual stream as it is, so the module
+# level is exact; Gemma2 normalizes it first (post-feedforward norm), Granite scales it
+# (residual_multiplier): there the self-check must send the run to the layer level
+ADDITIVE = MODULE_LEVEL - {"gemma2", "granite"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,20 +65,27 @@ def runs(family: str):
     out = {"reference": execute_locft(model, tok, facts, hparams(templates, "reference"),
                                       progress=False),
            "fast": execute_locft(model, tok, facts, hparams(templates, "fast"), progress=False)}
+    for run, levels in (("fast-forced", ("layer",)), ("fast-forced-module", ("module",))):
+        out[run], out[run + "-setup"] = forced(model, tok, facts, templates, levels)
+    return model, templates, base, out
+
+
+def forced(model, tok, facts, templates, levels):
+    """The fast loss at ``levels`` with its self-check bypassed: ``(result, what it set up)``."""
     built = []
 
     class Recorded(training.FastLoss):  # notes what the fast loss set up
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            built.append({"cached_layers": self.first if self.cache is not None else 0,
+            built.append({"cache": self.level,
+                          "cached_layers": self.first if self.level != "off" else 0,
                           "target_only_logits": self.keep})
 
     with mock.patch.object(training, "fast_path_mismatch", lambda *a, **k: None), \
-            mock.patch.object(training, "FastLoss", Recorded):
-        out["fast-forced"] = execute_locft(model, tok, facts, hparams(templates, "fast"),
-                                           progress=False)
-    out["fast-forced-setup"] = built
-    return model, templates, base, out
+            mock.patch.object(training, "FastLoss", Recorded), \
+            mock.patch.object(training, "CACHE_LEVELS", levels):
+        result = execute_locft(model, tok, facts, hparams(templates, "fast"), progress=False)
+    return result, built
 
 
 def base_params(model) -> Dict[str, torch.Tensor]:
@@ -115,25 +130,43 @@ def test_fast_edit_matches_reference(family):
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
 def test_fast_path_itself_matches_reference(family):
-    """The fast loss with its self-check bypassed: prefix cache + stand-in + target logits."""
+    """The fast loss at the layer level with its self-check bypassed: prefix cache +
+    stand-ins + target logits."""
     model, _, _, out = runs(family)
     res = out["fast-forced"][1]
     assert res.implementation == "fast"
     # really the fast path: layers 0..LAYER-1 come from the cache, logits only at targets
     # (where the model's forward takes logits_to_keep: GPT-J's does from transformers 5.0)
     keep = "logits_to_keep" in inspect.signature(type(model).forward).parameters
-    assert out["fast-forced-setup"] == [{"cached_layers": LAYER, "target_only_logits": keep}]
+    assert out["fast-forced-setup"] == [{"cache": "layer", "cached_layers": LAYER,
+                                         "target_only_logits": keep}]
     assert res.steps == out["reference"][1].steps
     diffs = relative_differences(family, "fast-forced")
     assert max(diffs.values()) <= TOLERANCE, diffs
 
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
+def test_module_level_itself(family):
+    """The module level with its self-check bypassed: exact where the layer adds the module's
+    output to the residual stream, wrong where it does more (what the self-check is for)."""
+    _, _, _, out = runs(family)
+    (setup,) = out["fast-forced-module-setup"]
+    assert setup["cache"] == ("module" if family in MODULE_LEVEL else "layer")
+    diffs = relative_differences(family, "fast-forced-module")
+    if family in MODULE_LEVEL - ADDITIVE:
+        assert max(diffs.values()) > 1e-2, diffs
+    else:
+        assert max(diffs.values()) <= TOLERANCE, diffs
+
+
+@pytest.mark.parametrize("family", FAMILY_IDS)
 def test_fast_path_is_used_not_refused(family):
-    """Where the fast path is right, its self-check lets it run (no needless fallback)."""
+    """Where the fast path is right, its self-check lets it run (no needless fallback), at
+    the module level where that is exact, else at the layer level."""
     _, _, _, out = runs(family)
     res = out["fast"][1]
     assert (res.implementation, res.fallback) == ("fast", "")
+    assert res.cache == ("module" if family in ADDITIVE else "layer")
 
 
 @pytest.mark.parametrize("family", FAMILY_IDS)
@@ -180,9 +213,11 @@ def report() -> None:
         _, _, _, out = runs(family)
         fast, forced = relative_differences(family, "fast"), relative_differences(family,
                                                                                  "fast-forced")
+        module = relative_differences(family, "fast-forced-module")
         res = out["fast"][1]
-        rows.append(f"{family:30s} shipped={res.implementation:9s} "
+        rows.append(f"{family:30s} shipped={res.implementation}/{res.cache:6s} "
                     f"rel(shipped)={max(fast.values()):.1e} rel(forced)={max(forced.values()):.1e}"
+                    f" rel(module)={max(module.values()):.1e}"
                     f" steps={out['reference'][1].steps}/{res.steps}/{out['fast-forced'][1].steps}"
                     f" loss {out['reference'][1].epoch_losses[0]:.2f}->"
                     f"{out['reference'][1].epoch_losses[-1]:.2f}"

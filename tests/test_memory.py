@@ -1,6 +1,7 @@
-"""Memory stays bounded as N grows: the frozen-prefix cache is the only per-edit state that
-scales with hidden size, it costs exactly tokens x hidden x element size, and above
-``prefix_cache_max_gb`` it is not built (the prefix is recomputed; results unchanged)."""
+"""Memory stays bounded as N grows: the fast path's cache is the only per-edit state that
+scales with the model's width; it costs exactly tokens x (module input + hidden) x element size
+at the module level, tokens x hidden at the layer level, and above ``prefix_cache_max_gb``
+it drops to the next level or is not built (the work is recomputed; results unchanged)."""
 import dataclasses
 import logging
 
@@ -21,19 +22,32 @@ def _loss(model, tok, facts, hp):
 
 
 def test_cache_size_is_linear_in_tokens_and_capped(tiny_model, tiny_tok, tiny_hp, caplog):
+    """down_proj trains (input width 128, hidden 64): the module level keeps its input and the
+    rest of the layer's output per token; under a tighter budget the layer's input (64 per
+    token); under a tighter one still, nothing, and a WARNING says what that costs."""
     sizes = []
     for n in (100, 1000):
         facts = synthetic_facts(n, seed=1)
         loss, examples = _loss(tiny_model, tiny_tok, facts, tiny_hp)
         tokens = sum(e.length for e in examples)
-        assert loss.cache.shape == (tokens, 64)
-        sizes.append(loss.cache.numel() * loss.cache.element_size())
-        assert sizes[-1] == tokens * 64 * 4
+        assert loss.level == "module"
+        assert loss.cache.shape == (tokens, 128) and loss.residual.shape == (tokens, 64)
+        sizes.append(loss.cache_bytes)
+        assert sizes[-1] == tokens * (128 + 64) * 4
 
-    capped = dataclasses.replace(tiny_hp, prefix_cache_max_gb=sizes[0] / 2**30 / 2)
+    facts = synthetic_facts(100, seed=1)
+    layer_only = dataclasses.replace(tiny_hp, prefix_cache_max_gb=sizes[0] / 2 / 2**30)
+    with caplog.at_level(logging.INFO):
+        loss, _ = _loss(tiny_model, tiny_tok, facts, layer_only)
+    assert loss.level == "layer" and loss.cache_bytes == sizes[0] // 3
+    assert "module-input cache would take 0.00 GB, over the 0.00 GB prefix_cache_max_gb: " \
+           "caching the layer's input instead" in caplog.text
+
+    caplog.clear()
+    capped = dataclasses.replace(tiny_hp, prefix_cache_max_gb=sizes[0] / 6 / 2**30)
     with caplog.at_level(logging.WARNING):
-        loss, _ = _loss(tiny_model, tiny_tok, synthetic_facts(100, seed=1), capped)
-    assert loss.cache is None  # over budget: not built, and a WARNING says what it costs
+        loss, _ = _loss(tiny_model, tiny_tok, facts, capped)
+    assert loss.level == "off" and loss.cache is None and loss.cache_bytes == 0
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "over the 0.00 GB prefix_cache_max_gb; every forward now runs all 4 layers instead " \
            "of the 2 from layer 2 on (about 2.0x the forward work)" in line
@@ -58,12 +72,41 @@ def test_automatic_cache_budget_follows_available_memory(tiny_model, tiny_tok, t
     assert loss.cache is None and "a quarter of the available host memory" in caplog.text
 
 
-def test_no_cache_gives_the_same_edit(tiny_model, tiny_tok, facts, tiny_hp):
+def test_every_cache_level_gives_the_same_edit(tiny_model, tiny_tok, facts, tiny_hp):
     hp = dataclasses.replace(tiny_hp, num_epochs=5)
-    cached, _ = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
-    uncached, _ = execute_locft(tiny_model, tiny_tok, facts,
-                                dataclasses.replace(hp, prefix_cache_max_gb=0.0), progress=False)
+    full = _loss(tiny_model, tiny_tok, facts, hp)[0].cache_bytes
+    runs = {}
+    for budget in (None, full / 2 / 2**30, 0.0):
+        new, result = execute_locft(tiny_model, tiny_tok, facts,
+                                    dataclasses.replace(hp, prefix_cache_max_gb=budget),
+                                    progress=False)
+        runs[result.cache] = new
+    assert list(runs) == ["module", "layer", "off"]
     base = {n: p.detach() for n, p in tiny_model.named_parameters()}
-    for name in cached:
-        d1, d2 = cached[name] - base[name], uncached[name] - base[name]
-        assert float((d1 - d2).norm() / d1.norm()) <= 1e-4
+    for name in runs["off"]:
+        d_off = runs["off"][name] - base[name]
+        for level in ("module", "layer"):
+            d = runs[level][name] - base[name]
+            assert float((d - d_off).norm() / d_off.norm()) <= 1e-4
+
+
+def test_models_load_straight_onto_their_device(monkeypatch, tmp_path):
+    """``load_model(device=...)`` hands transformers ``device_map={"": device}``, so a model
+    meant for a GPU is never held in host memory first; ``model_parallel`` passes "auto"."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from locft_easyedit import models
+
+    calls = []
+
+    class Loaded(torch.nn.Module):
+        pass
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda path, **kw: calls.append(kw) or Loaded())
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda path, **kw: None)
+    models.load_model(str(tmp_path), device="cuda:1", dtype="bfloat16")
+    models.load_model(str(tmp_path), device="cuda:1", device_map="auto")
+    models.load_model(str(tmp_path))
+    assert calls == [{"dtype": torch.bfloat16, "device_map": {"": "cuda:1"}},
+                     {"dtype": "auto", "device_map": "auto"}, {"dtype": "auto"}]

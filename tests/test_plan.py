@@ -17,7 +17,8 @@ def test_plan_arithmetic_on_the_tiny_config(tiny_model, tiny_hp):
     assert p.weights_bytes == params * 4
     assert (p.layers, p.first_trained_layer) == (4, 2)
     assert p.trained_parameters == 128 * 64 and p.master_adam_bytes == 128 * 64 * 16
-    assert p.prefix_cache_bytes == 100 * 10 * 64 * 4
+    # down_proj (input 128) trains: its input and the rest of layer 2's output (64) per token
+    assert (p.cache_level, p.prefix_cache_bytes) == ("module", 100 * 10 * (128 + 64) * 4)
     saved = SAVED_PER_TOKEN[0] * 64 + SAVED_PER_TOKEN[1] * 128 + 4 * 10
     assert p.activation_bytes == 8 * 10 * 2 * saved * 4  # 8 edits x 10 tokens, layers 2 and 3
     assert p.logits_bytes == 8 * 3 * tiny_model.config.vocab_size * 4 * 2
@@ -25,6 +26,28 @@ def test_plan_arithmetic_on_the_tiny_config(tiny_model, tiny_hp):
     assert p.training_bytes == (p.prefix_cache_bytes + p.master_adam_bytes + p.activation_bytes
                                 + p.logits_bytes)
     assert p.peak_bytes == p.weights_bytes + p.training_bytes and p.fits is True
+
+
+def test_plan_picks_the_cache_level_the_run_would():
+    """On an 80 GB GPU the module level of LLaMA3-8B's layer 22 down_proj fits at 3K edits of
+    17 tokens (18,432 values a token in bfloat16: 1.9 GB) but not at 100K (63 GB, over half of
+    the 65 GB left once the weights are in): there the layer's input is cached (13 GB)."""
+    from transformers import LlamaConfig
+
+    from locft_easyedit import LocFTHyperParams
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+    hp = LocFTHyperParams.from_hparams("llama3-8b")
+    gpu = dict(device="cuda", device_bytes=80 * 2**30)
+    small, large = plan(config, hp, 3000, 17, 5, **gpu), plan(config, hp, 100000, 17, 5, **gpu)
+    generic = hp.preserve_samples * 28 if hp.preserve_weight > 0 else 0
+    assert small.cache_level == "module"
+    assert small.prefix_cache_bytes == int((3000 * 17 + generic) * (14336 + 4096) * 2)
+    assert large.cache_level == "layer"
+    assert large.prefix_cache_bytes == int((100000 * 17 + generic) * 4096 * 2)
+    tight = plan(config, dataclasses.replace(hp, prefix_cache_max_gb=0.0), 3000, 17, 5, **gpu)
+    assert (tight.cache_level, tight.prefix_cache_bytes) == ("off", 0)
 
 
 def test_plan_cli_reads_only_a_config(tiny_model, tiny_hp, tmp_path, capsys):

@@ -124,6 +124,12 @@ class ReferenceLoss:
 
         return StepLoss(report, backward)
 
+    @torch.no_grad()
+    def generic_logits(self, idx: Sequence[int]) -> torch.Tensor:
+        """The regularizer's generic texts ``idx``: next-token logits with the tensors as
+        they are now (what :meth:`.regularizers.Regularizer.fill` records before training)."""
+        return self._generic_logits(self.subs(), idx)
+
     def _generic_logits(self, subs, idx: Sequence[int]) -> torch.Tensor:
         """Logits at every next-token position of the regularizer's generic texts ``idx``."""
         batch = [self.regularizer.examples[i] for i in idx]
@@ -133,18 +139,23 @@ class ReferenceLoss:
         return out.logits[:, :-1][labels[:, 1:] != -100]
 
 
+def _copy_plain_attributes(layer: nn.Module, into: nn.Module) -> None:
+    """Give a stand-in the plain attributes of the layer it replaces (``attention_type``,
+    ``layer_idx``, ``is_sliding``, ...), which some models' forward reads from each layer."""
+    for key, value in vars(layer).items():
+        if (not key.startswith("_") and key != "training"
+                and isinstance(value, (str, int, float, bool, type(None)))):
+            setattr(into, key, value)
+
+
 class _Skip(nn.Module):
-    """Stands in for a frozen decoder layer: passes its input on, or (the last one) emits the
-    cached hidden states of the current micro-batch. It carries the plain attributes of the
-    layer it replaces (``attention_type``, ``layer_idx``, ``is_sliding``, ...), which some
-    models' forward reads from each layer."""
+    """Stands in for a frozen decoder layer: passes its input on, or (the last one below the
+    first trained layer, at the layer level) emits the cached hidden states of the current
+    micro-batch."""
 
     def __init__(self, layer: nn.Module, as_tuple: bool, emit: bool):
         super().__init__()
-        for key, value in vars(layer).items():
-            if (not key.startswith("_") and key != "training"
-                    and isinstance(value, (str, int, float, bool, type(None)))):
-                setattr(self, key, value)
+        _copy_plain_attributes(layer, self)
         self.as_tuple, self.emit = as_tuple, emit
         self.current: Optional[torch.Tensor] = None
 
@@ -153,7 +164,39 @@ class _Skip(nn.Module):
         return (out,) if self.as_tuple else out
 
 
+class _ModuleStandIn(nn.Module):
+    """Stands in for the first trained layer when only one module ``path`` inside it trains
+    (e.g. ``mlp.down_proj``): its output is the cached rest of the layer (``residual``: the
+    layer's output minus the module's, computed once with the original weights) plus the
+    module applied to its cached input. The module itself is held at the same relative path,
+    so ``functional_call`` substitutes the trained tensors into it by their usual names.
+    Exact when the layer adds the module's output to its residual stream, as pre-norm decoder
+    layers do; :func:`fast_path_mismatch` catches a layer that does anything else with it (a
+    post-norm, a gate) through the gradient, and the run falls back to the layer-input cache."""
+
+    def __init__(self, layer: nn.Module, path: str, as_tuple: bool):
+        super().__init__()
+        _copy_plain_attributes(layer, self)
+        holder = self
+        parts = path.split(".")
+        for part in parts[:-1]:
+            holder.add_module(part, nn.Module())
+            holder = getattr(holder, part)
+        holder.add_module(parts[-1], layer.get_submodule(path))
+        self.path, self.as_tuple = path, as_tuple
+        self.inputs: Optional[torch.Tensor] = None
+        self.residual: Optional[torch.Tensor] = None
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.residual + self.get_submodule(self.path)(self.inputs)
+        return (out,) if self.as_tuple else out
+
+
 class _Stop(Exception):
+    pass
+
+
+class _Unsuitable(Exception):
     pass
 
 
@@ -174,14 +217,45 @@ def cache_budget_gb(hp, device: torch.device) -> Tuple[float, str]:
     return 0.25 * available / 2**30, "budget (a quarter of the available host memory)"
 
 
+CACHE_LEVELS = ("module", "layer")  # what FastLoss may cache, most work saved first
+
+
+def trained_module(trained: Sequence[str], stack_name: str, first: int,
+                   layer: nn.Module) -> Optional[str]:
+    """The path inside layer ``first`` of the one module all its trained tensors belong to,
+    when that module is a linear map with a known input width (``mlp.down_proj``); else None."""
+    prefix = f"{stack_name}.{first}."
+    paths = {n[len(prefix):].rsplit(".", 1)[0] for n in trained if n.startswith(prefix)}
+    if len(paths) != 1:
+        return None
+    (path,) = paths
+    try:
+        module = layer.get_submodule(path)
+    except AttributeError:
+        return None
+    return path if isinstance(getattr(module, "in_features", None), int) else None
+
+
 class FastLoss:
-    """Same loss as :class:`ReferenceLoss`, without the wasted work."""
+    """Same loss as :class:`ReferenceLoss`, without the wasted work.
+
+    What is computed once per run (``cache_level``; :attr:`level` says what was built):
+
+    * ``"module"``: when only one linear module inside the first trained layer trains (e.g.
+      ``mlp.down_proj``), that module's input and the rest of the layer's output, so the
+      layers below, the layer's attention and the rest of its MLP leave the per-step work
+      (:class:`_ModuleStandIn`);
+    * ``"layer"``: the hidden states entering the first trained layer (the frozen prefix);
+    * ``"off"``: nothing (every forward runs the whole model).
+
+    A level is dropped for the next one when it does not apply or does not fit the budget
+    (:func:`cache_budget_gb`); :func:`fast_path_mismatch` then checks what was built."""
 
     def __init__(self, model, examples: List[Encoded], trained: Sequence[str], hp, subs: Subs,
                  pad_id: int, overhead_tokens: int = 64,
-                 regularizer: Optional[Regularizer] = None):
+                 regularizer: Optional[Regularizer] = None, cache_level: str = "module"):
         # the regularizer's generic texts are sequences of this loss too: they follow the edits
-        # (indices n_edits..) and share the frozen-prefix cache and the target-only logits
+        # (indices n_edits..) and share the cache and the target-only logits
         self.regularizer = regularizer
         self.n_edits = len(examples)
         if regularizer is not None:
@@ -196,25 +270,49 @@ class FastLoss:
         if not self.keep:
             logger.info("%s.forward takes no logits_to_keep: projecting every position",
                         type(model).__name__)
-        self.skips: List[_Skip] = []
+        self.level = "off"
         self.stack, self.first = None, 0
-        self.cache = None
-        self._maybe_build_cache(trained)
+        self.cache: Optional[torch.Tensor] = None      # [tokens, width]: layer or module input
+        self.residual: Optional[torch.Tensor] = None   # [tokens, hidden]: module level only
+        self.stand_ins: List[nn.Module] = []
+        self.offsets = [0]
+        for e in self.examples:
+            self.offsets.append(self.offsets[-1] + e.length)
+        self._maybe_build_cache(trained, cache_level)
 
-    # --- frozen-prefix cache ----------------------------------------------------------------
-    def _maybe_build_cache(self, trained: Sequence[str]) -> None:
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.cache, self.residual)
+                   if t is not None)
+
+    # --- the cache ------------------------------------------------------------------------
+    def _maybe_build_cache(self, trained: Sequence[str], cache_level: str) -> None:
         stack_name, stack = find_layer_stack(self.model, trained)
         if stack is None:
             return
         first = min(int(n[len(stack_name) + 1:].split(".")[0]) for n in trained)
+        param = next(stack[first].parameters())
+        hidden, elem = self.model.config.hidden_size, param.element_size()
+        tokens = self.offsets[-1]
+        budget, source = cache_budget_gb(self.hp, param.device)
+        path = (trained_module(trained, stack_name, first, stack[first])
+                if cache_level == "module" else None)
+        if path is not None:
+            width = stack[first].get_submodule(path).in_features
+            gb = tokens * (width + hidden) * elem / 2**30
+            if gb <= budget:
+                self.stack, self.first = stack, first
+                if self._capture_module(path, width, param):
+                    logger.info("module-input cache: the input of %s.%d.%s and the rest of its "
+                                "layer computed once (%.1f MB)", stack_name, first, path,
+                                gb * 1024)
+                    return
+            else:
+                logger.info("module-input cache would take %.2f GB, over the %.2f GB %s: "
+                            "caching the layer's input instead", gb, budget, source)
         if first == 0:
             return
-        hidden = self.model.config.hidden_size
-        elem = next(stack[first].parameters()).element_size()
-        tokens = sum(e.length for e in self.examples)
         gb = tokens * hidden * elem / 2**30
-        store = next(stack[first].parameters()).device
-        budget, source = cache_budget_gb(self.hp, store)
         if gb > budget:
             logger.warning(
                 "frozen-prefix cache off: it would take %.2f GB, over the %.2f GB %s; every "
@@ -223,11 +321,35 @@ class FastLoss:
                 budget, source, len(stack), len(stack) - first, first,
                 len(stack) / (len(stack) - first))
             return
-        flat = torch.empty((tokens, hidden), dtype=next(stack[first].parameters()).dtype,
-                           device=store)
-        self.offsets = [0]
-        for e in self.examples:
-            self.offsets.append(self.offsets[-1] + e.length)
+        self.stack, self.first = stack, first
+        self._capture_layer(param)
+        logger.info("frozen-prefix cache: layers 0..%d computed once (%.1f MB)", first - 1,
+                    gb * 1024)
+
+    def _forward_all(self, on_batch: Callable[[List[int]], None]) -> None:
+        """Run the model (no grad) over every example in length-sorted batches of 64; the
+        hooks the caller installed stop it (:class:`_Stop`) where the cache is taken, and
+        ``on_batch(idx)`` stores that batch."""
+        order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
+        with torch.no_grad():
+            for start in range(0, len(order), 64):
+                idx = order[start:start + 64]
+                ids, mask, _ = pad_batch([self.examples[i] for i in idx], self.pad, self.device)
+                try:
+                    self.model(input_ids=ids, attention_mask=mask)
+                except _Stop:
+                    pass
+                on_batch(idx)
+
+    def _store(self, flat: torch.Tensor, idx: List[int], batch: torch.Tensor) -> None:
+        for row, i in enumerate(idx):
+            n = self.examples[i].length
+            flat[self.offsets[i]:self.offsets[i] + n] = batch[row, :n]
+
+    def _capture_layer(self, param: torch.Tensor) -> None:
+        stack, first = self.stack, self.first
+        self.cache = torch.empty((self.offsets[-1], self.model.config.hidden_size),
+                                 dtype=param.dtype, device=param.device)
         captured: dict = {}
 
         def grab(module, args, kwargs):
@@ -237,54 +359,95 @@ class FastLoss:
         def kind(module, args, output):
             captured["tuple"] = isinstance(output, tuple)
 
-        h1 = stack[first].register_forward_pre_hook(grab, with_kwargs=True)
-        h2 = stack[first - 1].register_forward_hook(kind)
+        hooks = [stack[first].register_forward_pre_hook(grab, with_kwargs=True),
+                 stack[first - 1].register_forward_hook(kind)]
         try:
-            with torch.no_grad():
-                order = sorted(range(len(self.examples)), key=lambda i: self.examples[i].length)
-                for start in range(0, len(order), 64):
-                    idx = order[start:start + 64]
-                    batch = [self.examples[i] for i in idx]
-                    ids, mask, _ = pad_batch(batch, self.pad, self.device)
-                    try:
-                        self.model(input_ids=ids, attention_mask=mask)
-                    except _Stop:
-                        pass
-                    h = captured["h"]
-                    for row, i in enumerate(idx):
-                        e = self.examples[i]
-                        flat[self.offsets[i]:self.offsets[i] + e.length] = h[row, :e.length]
+            self._forward_all(lambda idx: self._store(self.cache, idx, captured["h"]))
         finally:
-            h1.remove()
-            h2.remove()
-        self.cache, self.stack, self.first = flat, stack, first
+            for h in hooks:
+                h.remove()
+        self.level = "layer"
         as_tuple = captured.get("tuple", False)
-        self.skips = [_Skip(stack[i], as_tuple, emit=(i == first - 1)) for i in range(first)]
-        logger.info("frozen-prefix cache: layers 0..%d computed once (%.1f MB)", first - 1,
-                    gb * 1024)
+        self.stand_ins = [_Skip(stack[i], as_tuple, emit=(i == first - 1))
+                          for i in range(first)]
+
+    def _capture_module(self, path: str, width: int, param: torch.Tensor) -> bool:
+        """Cache the input of ``path`` in the first trained layer and the layer's output minus
+        the module's; False (nothing kept) when the module is not called exactly once per
+        forward on the whole sequence (a mixture of experts routes tokens)."""
+        layer = self.stack[self.first]
+        module = layer.get_submodule(path)
+        tokens, hidden = self.offsets[-1], self.model.config.hidden_size
+        self.cache = torch.empty((tokens, width), dtype=param.dtype, device=param.device)
+        self.residual = torch.empty((tokens, hidden), dtype=param.dtype, device=param.device)
+        captured: dict = {"calls": 0}
+
+        def module_in(mod, args):
+            captured["calls"] += 1
+            captured["x"] = args[0]
+
+        def module_out(mod, args, output):
+            captured["y"] = output
+
+        def layer_out(mod, args, output):
+            captured["tuple"] = isinstance(output, tuple)
+            captured["out"] = output[0] if isinstance(output, tuple) else output
+            raise _Stop
+
+        def on_batch(idx):
+            x, y, out = captured["x"], captured["y"], captured["out"]
+            if captured["calls"] != 1 or x.shape[:2] != out.shape[:2] or y.shape != out.shape:
+                raise _Unsuitable
+            captured["calls"] = 0
+            self._store(self.cache, idx, x)
+            # in float32, then rounded once: the rest of the layer's output
+            self._store(self.residual, idx, (out.float() - y.float()).to(out.dtype))
+
+        hooks = [module.register_forward_pre_hook(module_in),
+                 module.register_forward_hook(module_out), layer.register_forward_hook(layer_out)]
+        try:
+            self._forward_all(on_batch)
+        except _Unsuitable:
+            self.cache = self.residual = None
+            return False
+        finally:
+            for h in hooks:
+                h.remove()
+        self.level = "module"
+        as_tuple = captured.get("tuple", False)
+        self.stand_ins = [_Skip(self.stack[i], as_tuple, emit=False) for i in range(self.first)]
+        self.stand_ins.append(_ModuleStandIn(layer, path, as_tuple))
+        return True
 
     def __enter__(self):
-        """Swap the frozen layers below the first trained one for the cache."""
-        if self.cache is not None:
-            self._saved = [self.stack[i] for i in range(self.first)]
-            for i, skip in enumerate(self.skips):
-                self.stack[i] = skip
+        """Swap the layers the cache covers for their stand-ins."""
+        self._saved = [self.stack[i] for i in range(len(self.stand_ins))]
+        for i, stand_in in enumerate(self.stand_ins):
+            self.stack[i] = stand_in
         return self
 
     def __exit__(self, *exc):
-        if self.cache is not None:
-            for i, layer in enumerate(self._saved):
-                self.stack[i] = layer
+        for i, layer in enumerate(self._saved):
+            self.stack[i] = layer
         return False
 
-    def _cached_inputs(self, batch_idx: Sequence[int], width: int) -> torch.Tensor:
-        hidden = self.cache.shape[1]
-        out = torch.zeros((len(batch_idx), width, hidden), dtype=self.cache.dtype,
-                          device=self.cache.device)
+    def _rows(self, flat: torch.Tensor, batch_idx: Sequence[int], width: int) -> torch.Tensor:
+        out = torch.zeros((len(batch_idx), width, flat.shape[1]), dtype=flat.dtype,
+                          device=flat.device)
         for row, i in enumerate(batch_idx):
             n = self.examples[i].length
-            out[row, :n] = self.cache[self.offsets[i]:self.offsets[i] + n]
+            out[row, :n] = flat[self.offsets[i]:self.offsets[i] + n]
         return out
+
+    def _feed(self, idx: Optional[Sequence[int]], width: int = 0) -> None:
+        """Hand the cached tensors of examples ``idx`` to the stand-ins (None: let go)."""
+        if self.level == "layer":
+            self.stand_ins[-1].current = None if idx is None else self._rows(self.cache, idx,
+                                                                              width)
+        elif self.level == "module":
+            stand_in = self.stand_ins[-1]
+            stand_in.inputs = None if idx is None else self._rows(self.cache, idx, width)
+            stand_in.residual = None if idx is None else self._rows(self.residual, idx, width)
 
     # --- the loss ------------------------------------------------------------------------------
     def _target_logits(self, subs, idx: Sequence[int]):
@@ -297,16 +460,19 @@ class FastLoss:
         if self.keep:  # the positions some row predicts a target token at
             positions, cols_kept = torch.unique(cols, return_inverse=True)
             kwargs["logits_to_keep"] = positions
-        if self.cache is not None:
-            self.skips[-1].current = self._cached_inputs(idx, ids.shape[1])
+        self._feed(idx, ids.shape[1])
         try:
             out = functional_call(self.model, subs, args=(), kwargs=kwargs)
         finally:
-            if self.cache is not None:
-                self.skips[-1].current = None
+            self._feed(None)
         logits = out.logits[rows, cols_kept if self.keep else cols]
         dev = logits.device
         return logits, labels[rows, cols + 1].to(dev), rows.to(dev)
+
+    @torch.no_grad()
+    def generic_logits(self, idx: Sequence[int]) -> torch.Tensor:
+        """As :meth:`ReferenceLoss.generic_logits`, through the cache (inside ``with``)."""
+        return self._target_logits(self.subs(), [self.n_edits + i for i in idx])[0]
 
     def __call__(self, indices: Sequence[int], denom: int) -> StepLoss:
         """Forward every length group (their graphs kept), so that ``backward`` runs only for

@@ -6,7 +6,8 @@ logits with its own forward, and adds :meth:`Regularizer.penalty` to the gradien
   distributions on generic text. The text is sampled from the *unedited* model itself, once
   before training, after the fixed openings in :data:`GENERIC_OPENINGS` (written for this
   project: everyday questions and sentence starts, not taken from ZsRE, CounterFact, NQ or any
-  other evaluation set). The original distribution at every position is stored as its top-k
+  other evaluation set). The original distribution at every position (computed by the loss's
+  own forward before the first step, :meth:`Regularizer.fill`) is stored as its top-k
   log-probabilities plus one "rest" bucket (the KL of that coarsened distribution, a lower
   bound of the full KL), so memory stays small whatever the vocabulary.
 * **Anchor** (``anchor_weight``): ``sum((W - W_original)^2)`` over the trained tensors.
@@ -19,7 +20,7 @@ sampled after them as its capability proxy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,19 +122,39 @@ class Reference:
     top_logp: List[torch.Tensor]    # per text: [length - 1, k] log-probabilities
 
 
+LogitsOf = Callable[[List[int]], torch.Tensor]
+
+
 @torch.no_grad()
-def reference_distributions(model, tok, examples: List[Encoded], k: int) -> Reference:
+def reference_from_logits(examples: List[Encoded], logits_of: LogitsOf, k: int,
+                          batch_size: int = 16) -> Reference:
+    """The top-k distributions of the texts ``examples`` from ``logits_of(idx)``: the next-token
+    logits of the texts ``idx`` at every position that predicts one (``[K, V]``, row order),
+    as the unedited model gives them (the losses supply it through their own forward)."""
     idx_out, logp_out = [], []
-    for s in range(0, len(examples), 16):
-        batch = examples[s:s + 16]
-        ids, mask, _ = pad_batch(batch, pad_id_of(tok), input_device(model))
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        for row, e in enumerate(batch):
-            logp = F.log_softmax(logits[row, :e.length - 1], dim=-1)
+    for s in range(0, len(examples), batch_size):
+        idx = list(range(s, min(s + batch_size, len(examples))))
+        logits = logits_of(idx).float()
+        start = 0
+        for i in idx:
+            n = examples[i].length - 1
+            logp = F.log_softmax(logits[start:start + n], dim=-1)
+            start += n
             top = logp.topk(min(k, logp.shape[-1]), dim=-1)
             idx_out.append(top.indices)
             logp_out.append(top.values)
     return Reference(examples, idx_out, logp_out)
+
+
+def reference_distributions(model, tok, examples: List[Encoded], k: int) -> Reference:
+    """:func:`reference_from_logits` with the model's plain forward."""
+    pad, device = pad_id_of(tok), input_device(model)
+
+    def logits_of(idx: List[int]) -> torch.Tensor:
+        ids, mask, labels = pad_batch([examples[i] for i in idx], pad, device)
+        return model(input_ids=ids, attention_mask=mask).logits[:, :-1][labels[:, 1:] != -100]
+
+    return reference_from_logits(examples, logits_of, k)
 
 
 def coarse_kl(ref_idx: torch.Tensor, ref_logp: torch.Tensor,
@@ -156,24 +177,30 @@ class Regularizer:
     generic texts whose logits the preservation term needs (none when it is off), and
     :meth:`penalty` turns those logits (and the current trained tensors) into the term."""
 
-    def __init__(self, hp, originals: Dict[str, torch.Tensor],
-                 reference: Optional[Reference] = None):
+    def __init__(self, hp, originals: Dict[str, torch.Tensor], texts: Sequence[Encoded] = ()):
         self.hp = hp
         self.originals = originals
-        self.reference = reference
+        self.examples: List[Encoded] = list(texts)
+        self.reference: Optional[Reference] = None
         self.calls = 0
-        n = len(reference.examples) if reference else 0
+        n = len(self.examples)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
 
-    @property
-    def examples(self) -> List[Encoded]:
-        return self.reference.examples if self.reference else []
+    def fill(self, logits_of: LogitsOf) -> None:
+        """Record the unedited model's distributions on the generic texts, from the loss's own
+        forward (``logits_of``, see :func:`reference_from_logits`), before the first step.
+        The fast loss computes them with its cache, so they cost the layers above it only."""
+        if self.examples:
+            self.reference = reference_from_logits(self.examples, logits_of,
+                                                   self.hp.preserve_topk)
 
     def next_batch(self) -> List[int]:
         """The generic texts of this step: consecutive slices of a fixed permutation (none
         when the preservation term is off)."""
-        if self.hp.preserve_weight <= 0 or self.reference is None:
+        if self.hp.preserve_weight <= 0 or not self.examples:
             return []
+        if self.reference is None:
+            raise RuntimeError("Regularizer.fill was not called before training")
         n, b = len(self.order), min(self.hp.preserve_batch, len(self.order))
         start = (self.calls * b) % n
         self.calls += 1
@@ -199,10 +226,7 @@ def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor]) -> Optio
     """None when every locality term is off."""
     if hp.preserve_weight <= 0 and hp.anchor_weight <= 0:
         return None
-    reference = None
-    if hp.preserve_weight > 0:
-        texts = sample_generic_text(model, tok, GENERIC_OPENINGS, hp.preserve_samples,
-                                    hp.preserve_new_tokens, hp.seed)
-        reference = reference_distributions(model, tok, texts, hp.preserve_topk)
+    texts = sample_generic_text(model, tok, GENERIC_OPENINGS, hp.preserve_samples,
+                                hp.preserve_new_tokens, hp.seed) if hp.preserve_weight > 0 else []
     originals = {n: m.detach().clone() for n, m in masters.items()}
-    return Regularizer(hp, originals, reference)
+    return Regularizer(hp, originals, texts)

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, Position
 from .errors import TrainingDiverged
-from .losses import FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch, scaled
+from .losses import (CACHE_LEVELS, FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch,
+                     scaled)
 from .modeling import frozen, pad_id_of
 from .regularizers import build_regularizer
 from .tuning import Tuning
@@ -47,6 +48,7 @@ class TrainResult:
     stopped_early: bool = False
     implementation: str = ""           # the loss used: "fast" or "reference"
     fallback: str = ""                 # why the fast path was not used, when it was asked for
+    cache: str = ""                    # fast path: what it cached ("module", "layer" or "off")
     loss_scale: float = 1.0            # float16 models: the dynamic loss scale now
     good_steps: int = 0                # float16: steps since the scale last changed
     overflows: int = 0                 # float16: steps skipped for non-finite gradients
@@ -225,6 +227,28 @@ def depth_first(loss_fn: LossFn, n: int, masters: Dict[str, torch.Tensor], hp,
 PIPELINES = {"breadth_first": breadth_first, "depth_first": depth_first}
 
 
+def _fast_loss(model, tok, examples, masters, tuning: Tuning, hparams, reg,
+               ckpt: Optional[Checkpointer]):
+    """``(FastLoss, "")`` at the first cache level that reproduces the model
+    (:func:`~.losses.fast_path_mismatch`), or ``(None, why)`` when none does (the caller
+    trains with the reference loss)."""
+    total = hparams.num_epochs if hparams.pipeline == "breadth_first" else len(examples)
+    finished = bool(ckpt and ckpt.finished(total))  # a finished run trains nothing
+    why = ""
+    for level in CACHE_LEVELS:
+        loss_fn = FastLoss(model, examples, list(masters), hparams, tuning.subs,
+                           pad_id_of(tok), regularizer=reg, cache_level=level)
+        why = "" if finished else fast_path_mismatch(loss_fn, model, masters) or ""
+        if not why:
+            return loss_fn, ""
+        if loss_fn.level != "module":
+            break
+        logger.info("module-input cache refused: %s; caching the layer's input instead", why)
+    logger.warning("fast path refused: %s; training with implementation: reference (same "
+                   "result, slower)", why)
+    return None, why
+
+
 def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning, hparams,
                   progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
     """Run the ``hparams.pipeline`` loop on ``tuning.masters`` with the
@@ -246,15 +270,8 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
         reg = build_regularizer(model, tok, hparams, masters) if distributed.rank() == 0 else None
         loss_fn, fallback = None, ""
         if hparams.implementation == "fast":
-            loss_fn = FastLoss(model, examples, list(masters), hparams, tuning.subs,
-                               pad_id_of(tok), regularizer=reg)
-            total = hparams.num_epochs if hparams.pipeline == "breadth_first" else len(examples)
-            if not (ckpt and ckpt.finished(total)):  # a finished run trains nothing
-                fallback = fast_path_mismatch(loss_fn, model, masters) or ""
-            if fallback:
-                logger.warning("fast path refused: %s; training with implementation: "
-                               "reference (same result, slower)", fallback)
-                loss_fn = None
+            loss_fn, fallback = _fast_loss(model, tok, examples, masters, tuning, hparams,
+                                           reg, ckpt)
         if loss_fn is None:
             loss_fn = ReferenceLoss(model, tok, requests, hparams, tuning.subs, reg)
         step_fn = loss_fn
@@ -272,6 +289,8 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
         if distributed.is_active():
             step_fn = distributed.data_parallel(step_fn, masters)
         with loss_fn:
+            if reg is not None:  # the unedited distributions, through the loss's own forward
+                reg.fill(loss_fn.generic_logits)
             # float16 weights (the trained ones or any the gradient flows through) need
             # loss scaling; float32 and bfloat16 do not
             half = any(p.dtype == torch.float16 for p in model.parameters())
@@ -280,6 +299,7 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
                                                  tuning.after_step, loss_scaling=half)
         result.implementation = "reference" if isinstance(loss_fn, ReferenceLoss) else "fast"
         result.fallback = fallback
+        result.cache = loss_fn.level if isinstance(loss_fn, FastLoss) else ""
     logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
                 hparams.tuning, len(examples), result.epochs, result.steps,
                 time.perf_counter() - t0)
