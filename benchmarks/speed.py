@@ -2,11 +2,16 @@
 
 Each implementation runs in its own fresh subprocess (so peak memory is its own), one after
 the other, on the same edits with the same seed and settings. Reports seconds per edit,
-trained tokens per second, peak memory, reliability (teacher-forced) and the speed-up ratio.
+trained tokens per second, peak memory, reliability (teacher-forced), the speed-up ratio and
+how far apart the two edits are (the reference row's `delta_rel_diff_fast_vs_reference`: the
+largest relative difference of the trained tensors' deltas).
 
     # embedded model, 100 ZsRE edits, the shipped YAML (issue 7's CPU target); each row has
     # "phases": seconds by phase (generic-text sampling, cache, forward, backward, ...)
     python benchmarks/speed.py --model embedded --n 100 --threads 1
+    # where the time goes by operator (a separate run: the profiler slows it)
+    python benchmarks/speed.py --model embedded --n 100 --threads 1 --only fast --epochs 4 \
+        --profile-ops 12
     # the same without the preservation term (the authors' method on this model)
     python benchmarks/speed.py --model embedded --n 100 --threads 1 --set preserve_weight=0
     # tiny random model, synthetic facts: seconds per edit as N grows (fixed epochs)
@@ -21,9 +26,12 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -148,6 +156,39 @@ class Phases:
         return out
 
 
+class OpProfile:
+    """CPU time by operator and input shape (``torch.profiler``), summarised as the share of
+    all operator time spent in matrix products and in those that touch the vocabulary (the
+    output projection and its gradient), plus the ``top`` entries."""
+
+    def __init__(self, prof):
+        self.prof = prof
+
+    def summary(self, vocab: int, top: int) -> dict:
+        rows = self.prof.key_averages(group_by_input_shape=True)
+        total = sum(r.self_cpu_time_total for r in rows) or 1
+        mm = [r for r in rows if r.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+        vocab_mm = [r for r in mm if any(vocab in shape for shape in r.input_shapes if shape)]
+        ordered = sorted(rows, key=lambda r: -r.self_cpu_time_total)[:top]
+        return {"matmul_share": sum(r.self_cpu_time_total for r in mm) / total,
+                "vocab_projection_share": sum(r.self_cpu_time_total for r in vocab_mm) / total,
+                "top": [[r.key, str(r.input_shapes), round(r.self_cpu_time_total / 1e6, 2)]
+                        for r in ordered]}
+
+
+@contextmanager
+def op_profile(enabled):
+    """An :class:`OpProfile` of the block when ``enabled`` (it slows the run: use it in a run
+    of its own, not for the timing)."""
+    if not enabled:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        yield OpProfile(prof)
+
+
 def measure(args) -> dict:
     """One run in this process: edit, time, score."""
     import torch
@@ -168,7 +209,7 @@ def measure(args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with Phases() as phases:
+    with Phases() as phases, op_profile(args.profile_ops) as ops:
         t0 = time.perf_counter()
         new, result = execute_locft(model, tok, requests, hp, progress=False)
         if torch.cuda.is_available():
@@ -181,6 +222,8 @@ def measure(args) -> dict:
            "rss_after_load_mb": rss_loaded, "cache": result.cache,
            "implementation": result.implementation, "phases": phases.report(seconds),
            "overrides": args.set}
+    if args.profile_ops:
+        out["ops"] = ops.summary(model.config.vocab_size, args.profile_ops)
     if torch.cuda.is_available():
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if not args.no_score and args.model != "llama8b-shaped":
@@ -188,7 +231,19 @@ def measure(args) -> dict:
             acc = token_accuracy(model, tok, [r["prompt"] for r in requests],
                                  [r["target_new"] for r in requests], batch_size=64)
         out["reliability"] = sum(acc) / len(acc)
+    if args.deltas:  # for the parent's fast-vs-reference comparison
+        base = dict(model.named_parameters())
+        torch.save({k: (v.float() - base[k].detach().float()).cpu() for k, v in new.items()},
+                   args.deltas)
     return out
+
+
+def relative_difference(fast_file: str, reference_file: str) -> float:
+    """The largest ``||delta_fast - delta_ref|| / ||delta_ref||`` over the trained tensors."""
+    import torch
+
+    fast, ref = torch.load(fast_file), torch.load(reference_file)
+    return max(float((fast[k] - ref[k]).norm() / ref[k].norm()) for k in ref)
 
 
 def main(argv=None):
@@ -207,16 +262,23 @@ def main(argv=None):
                     help="llama8b-shaped: a quarter the width and depth (for CPU)")
     ap.add_argument("--no-score", action="store_true")
     add_set_argument(ap)
+    ap.add_argument("--profile-ops", type=int, default=0, metavar="TOP",
+                    help="also profile operators (slower: not for timing) and record the "
+                         "matmul and vocabulary-projection shares and the TOP entries")
     ap.add_argument("--out", default=None, help="append results as JSON lines")
     ap.add_argument("--impl", default=None, help=argparse.SUPPRESS)  # internal: child process
+    ap.add_argument("--deltas", default=None, help=argparse.SUPPRESS)  # internal: child process
     args = ap.parse_args(argv)
 
     if args.impl:  # child: one measurement, printed as JSON
         print("RESULT " + json.dumps(measure(args)))
         return
     rows = []
+    tmp = tempfile.mkdtemp(prefix="locft-speed-")
     for n in args.n:
+        deltas = {}
         for impl in ([args.only] if args.only else ["fast", "reference"]):
+            deltas[impl] = os.path.join(tmp, f"{n}-{impl}.pt")
             cmd = [sys.executable, __file__, "--impl", impl, "--n", str(n), "--model", args.model,
                    "--hparams", args.hparams]
             cmd += ["--data", args.data] if args.data else []
@@ -225,6 +287,8 @@ def main(argv=None):
             cmd += ["--scale-down"] if args.scale_down else []
             cmd += ["--no-score"] if args.no_score else []
             cmd += ["--set", *args.set] if args.set else []
+            cmd += ["--deltas", deltas[impl]]
+            cmd += ["--profile-ops", str(args.profile_ops)] if args.profile_ops else []
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})
             line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -232,6 +296,9 @@ def main(argv=None):
                 sys.stderr.write(proc.stderr[-3000:])
                 raise SystemExit(f"{impl} run failed (exit {proc.returncode})")
             row = json.loads(line[0][len("RESULT "):])
+            if impl == "reference" and "fast" in deltas:  # same edit? (the fast row came first)
+                row["delta_rel_diff_fast_vs_reference"] = relative_difference(
+                    deltas["fast"], deltas["reference"])
             row.update(machine=f"{platform.machine()}, {os.cpu_count()} cores",
                        date=time.strftime("%Y-%m-%d"), command="python benchmarks/speed.py "
                        + " ".join(argv if argv is not None else sys.argv[1:]))
@@ -240,16 +307,19 @@ def main(argv=None):
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)
     by = {(r["n"], r["impl"]): r for r in rows}
-    print("\n| model | N | impl | s/edit | target tok/s | peak RSS MB | reliability | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| model | N | impl | s/edit | target tok/s | peak RSS MB | reliability | speed-up | "
+          "deltas vs reference |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         ref = by.get((r["n"], "reference"))
         ratio = ref["seconds"] / r["seconds"] if ref and r["impl"] == "fast" else None
         print(f"| {r['model']} | {r['n']} | {r['impl']} | {r['seconds_per_edit']:.4f} | "
               f"{r['target_tokens_per_second']:.0f} | {r['peak_rss_mb']:.0f} | "
               f"{r.get('reliability', float('nan')):.3f} | "
-              f"{'%.2fx' % ratio if ratio else ''} |")
+              f"{'%.2fx' % ratio if ratio else ''} | "
+              f"{'%.1e' % ref['delta_rel_diff_fast_vs_reference'] if ratio else ''} |")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def forced(model, tok, facts, templates, levels):
             super().__init__(*args, **kwargs)
             built.append({"cache": self.level,
                           "cached_layers": self.first if self.level != "off" else 0,
-                          "target_only_logits": self.keep})
+                          "target_only_logits": self.keep, "packed": self.pack})
 
     with mock.patch.object(training, "fast_path_mismatch", lambda *a, **k: None), \
             mock.patch.object(training, "FastLoss", Recorded), \
@@ -131,7 +131,7 @@ def test_fast_edit_matches_reference(family):
 @pytest.mark.parametrize("family", FAMILY_IDS)
 def test_fast_path_itself_matches_reference(family):
     """The fast loss at the layer level with its self-check bypassed: prefix cache +
-    stand-ins + target logits."""
+    stand-ins + packed target logits."""
     model, _, _, out = runs(family)
     res = out["fast-forced"][1]
     assert res.implementation == "fast"
@@ -139,7 +139,7 @@ def test_fast_path_itself_matches_reference(family):
     # (where the model's forward takes logits_to_keep: GPT-J's does from transformers 5.0)
     keep = "logits_to_keep" in inspect.signature(type(model).forward).parameters
     assert out["fast-forced-setup"] == [{"cache": "layer", "cached_layers": LAYER,
-                                         "target_only_logits": keep}]
+                                         "target_only_logits": keep, "packed": True}]
     assert res.steps == out["reference"][1].steps
     diffs = relative_differences(family, "fast-forced")
     assert max(diffs.values()) <= TOLERANCE, diffs
@@ -167,6 +167,7 @@ def test_fast_path_is_used_not_refused(family):
     res = out["fast"][1]
     assert (res.implementation, res.fallback) == ("fast", "")
     assert res.cache == ("module" if family in ADDITIVE else "layer")
+    assert res.packed_logits is True
 
 
 @pytest.mark.parametrize("family", FAMILY_IDS)

@@ -110,3 +110,49 @@ def test_models_load_straight_onto_their_device(monkeypatch, tmp_path):
     models.load_model(str(tmp_path))
     assert calls == [{"dtype": torch.bfloat16, "device_map": {"": "cuda:1"}},
                      {"dtype": "auto", "device_map": "auto"}, {"dtype": "auto"}]
+
+
+def test_vocabulary_projection_sees_the_target_positions_only(tiny_model, tiny_tok, facts,
+                                                              tiny_hp):
+    """Packed: the head projects exactly the K target positions of a mini-batch; unpacked
+    (logits_to_keep), every row at every position some row predicts a target at."""
+    loss, examples = _loss(tiny_model, tiny_tok, facts, tiny_hp)
+    idx = list(range(8))
+    k = sum(examples[i].length - examples[i].prompt_len for i in idx)
+    seen = []
+    hook = tiny_model.lm_head.register_forward_hook(lambda m, a, o: seen.append(a[0].shape))
+    try:
+        with loss:
+            packed = loss._target_logits(loss.subs(), idx)[0]
+            loss.pack = False
+            unpacked = loss._target_logits(loss.subs(), idx)[0]
+    finally:
+        hook.remove()
+    assert seen[0] == (1, k, 64) and seen[1][0] == 8 and seen[1][0] * seen[1][1] > k
+    assert packed.shape == unpacked.shape == (k, tiny_model.config.vocab_size)
+    assert torch.allclose(packed, unpacked, atol=1e-5)
+
+
+def test_a_head_that_packing_breaks_is_caught(tiny_model, tiny_tok, facts, tiny_hp,
+                                              monkeypatch, caplog):
+    """If a family's forward did something with the backbone's output that packing changes,
+    the self-check refuses packing and the run projects with logits_to_keep: same edit."""
+    from locft_easyedit.locft import losses
+
+    hp = dataclasses.replace(tiny_hp, num_epochs=3)
+    good, res = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    assert res.packed_logits is True
+    real = losses._packer
+
+    def broken(rows, cols):  # a stand-in for a head that packing would get wrong
+        hook = real(rows, cols)
+        return lambda module, args, output: hook(module, args, output.__class__(
+            last_hidden_state=output.last_hidden_state * 1.5))
+
+    monkeypatch.setattr(losses, "_packer", broken)
+    with caplog.at_level(logging.INFO):
+        new, res = execute_locft(tiny_model, tiny_tok, facts, hp, progress=False)
+    assert (res.implementation, res.packed_logits, res.fallback) == ("fast", False, "")
+    assert "packed target logits refused" in caplog.text
+    for name in good:
+        assert torch.allclose(new[name], good[name], atol=1e-6)

@@ -49,6 +49,7 @@ class TrainResult:
     implementation: str = ""           # the loss used: "fast" or "reference"
     fallback: str = ""                 # why the fast path was not used, when it was asked for
     cache: str = ""                    # fast path: what it cached ("module", "layer" or "off")
+    packed_logits: bool = False        # fast path: head on the target positions only
     loss_scale: float = 1.0            # float16 models: the dynamic loss scale now
     good_steps: int = 0                # float16: steps since the scale last changed
     overflows: int = 0                 # float16: steps skipped for non-finite gradients
@@ -229,16 +230,28 @@ PIPELINES = {"breadth_first": breadth_first, "depth_first": depth_first}
 
 def _fast_loss(model, tok, examples, masters, tuning: Tuning, hparams, reg,
                ckpt: Optional[Checkpointer]):
-    """``(FastLoss, "")`` at the first cache level that reproduces the model
-    (:func:`~.losses.fast_path_mismatch`), or ``(None, why)`` when none does (the caller
-    trains with the reference loss)."""
+    """``(FastLoss, "")`` at the first cache level (and with packed target logits, when
+    they work) that reproduces the model (:func:`~.losses.fast_path_mismatch`), or
+    ``(None, why)`` when none does (the caller trains with the reference loss)."""
     total = hparams.num_epochs if hparams.pipeline == "breadth_first" else len(examples)
     finished = bool(ckpt and ckpt.finished(total))  # a finished run trains nothing
+
+    def mismatch(loss_fn) -> str:
+        why = "" if finished else fast_path_mismatch(loss_fn, model, masters) or ""
+        if why and loss_fn.pack:
+            loss_fn.pack = False
+            unpacked = fast_path_mismatch(loss_fn, model, masters) or ""
+            if not unpacked:
+                logger.info("packed target logits refused: %s; projecting with "
+                            "logits_to_keep instead", why)
+            return unpacked
+        return why
+
     why = ""
     for level in CACHE_LEVELS:
         loss_fn = FastLoss(model, examples, list(masters), hparams, tuning.subs,
                            pad_id_of(tok), regularizer=reg, cache_level=level)
-        why = "" if finished else fast_path_mismatch(loss_fn, model, masters) or ""
+        why = mismatch(loss_fn)
         if not why:
             return loss_fn, ""
         if loss_fn.level != "module":
@@ -299,7 +312,8 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
                                                  tuning.after_step, loss_scaling=half)
         result.implementation = "reference" if isinstance(loss_fn, ReferenceLoss) else "fast"
         result.fallback = fallback
-        result.cache = loss_fn.level if isinstance(loss_fn, FastLoss) else ""
+        if isinstance(loss_fn, FastLoss):
+            result.cache, result.packed_logits = loss_fn.level, loss_fn.pack
     logger.info("LocFT %s (%s): %d edits, %d epochs, %d steps, %.1f s", hparams.pipeline,
                 hparams.tuning, len(examples), result.epochs, result.steps,
                 time.perf_counter() - t0)
