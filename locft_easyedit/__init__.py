@@ -9,6 +9,7 @@ no-op otherwise); the method folder itself never imports EasyEdit's editors.
 from ._version import __version__
 from .datasets import load_dataset, load_requests
 from .easyedit import register as register_easyedit
+from .ledger import Ledger
 from .locft import (CheckpointError, HparamsError, LocFTHyperParams, LocFTInputError,
                     RequestError, TrainingDiverged, apply_locft_to_model, execute_adapter,
                     execute_locft, restore_weights, select_parameters, validate_requests)
@@ -22,5 +23,5 @@ __all__ = [
     "restore_weights", "select_parameters", "load_default_model", "load_model",
     "RequestError", "HparamsError", "LocFTInputError", "load_dataset", "load_requests",
     "validate_requests", "TrainingDiverged", "CheckpointError", "register_easyedit",
-    "__version__",
+    "Ledger", "__version__",
 ]

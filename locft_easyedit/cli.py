@@ -31,7 +31,14 @@ EXAMPLES = {
     "revert": "locft-edit revert fix.safetensors --model ./llama3-edited --save-model ./llama3-base",
     "plan": ("locft-edit plan --hparams llama3-8b --model ./llama3/config.json --n 3000\n"
              "  locft-edit plan --requests my_edits.json --model embedded:smollm2-135m --json"),
+    "ledger init": "locft-edit ledger init ./facts-ledger --hparams smollm2-135m --replay sample",
+    "ledger add": "locft-edit ledger add ./facts-ledger --requests week12.json --name week12",
+    "ledger log": "locft-edit ledger log ./facts-ledger",
+    "ledger revert": "locft-edit ledger revert ./facts-ledger week12",
+    "ledger export": ("locft-edit ledger export ./facts-ledger --save-model ./model-now\n"
+                      "  locft-edit ledger export ./facts-ledger --patch-out all.safetensors"),
 }
+EXAMPLES["ledger"] = "\n  ".join(v for k, v in EXAMPLES.items() if k.startswith("ledger "))
 
 
 class BadInput(LocFTInputError):
@@ -276,11 +283,154 @@ def cmd_plan(args) -> int:
     return 0
 
 
+# --- ledger: edits over time (the logic is locft_easyedit.ledger's) ---------------------------
+def _ledger(args, with_model: bool):
+    """The ledger in ``args.dir``; with its model loaded (``--model`` or the ledger's) and
+    attached (refused by name when it is not the ledger's base model)."""
+    from .ledger import Ledger
+
+    ledger = Ledger.open(args.dir)
+    if with_model:
+        model, tok = _load_model(args.model or ledger.model_name, ledger.hparams, args.quiet)
+        ledger.attach(model, tok)
+    return ledger
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _round_line(r) -> str:
+    kind = r.kind if r.kind == "add" else f"revert {r.reverts}"
+    return (f"{r.index:<4} {_shorten(r.name, 24):<24} {_shorten(kind, 20):<20} {r.n_edits:>6} "
+            f"{r.n_live:>6}  {r.created.replace('T', ' ')[:16]}  {_fmt(r.reliability_own):>5} "
+            f"{_fmt(r.reliability_all):>5} {r.seconds:>8.1f}")
+
+
+def cmd_ledger_init(args) -> int:
+    from .ledger import Ledger, ReplaySettings, check_new_folder
+
+    check_new_folder(args.dir)
+    hp = _load_hparams(args.hparams, args.model)
+    replay = ReplaySettings(args.replay, args.replay_ratio, args.resample_every, args.repairs)
+    model, tok = _load_model(hp.model_name, hp, args.quiet)
+    ledger = Ledger.init(args.dir, model, tok, hp, replay=replay)
+    print(f"ledger {args.dir}: base {ledger.model_name} ({type(model).__name__}), "
+          f"{len(ledger.doc['parameters'])} trained tensor(s), fingerprint "
+          f"{ledger.base_fingerprint[:12]}, replay {replay.mode}")
+    return 0
+
+
+def cmd_ledger_add(args) -> int:
+    from .datasets import load_requests
+
+    requests = load_requests(args.requests)
+    ledger = _ledger(args, with_model=True)
+    r = ledger.add(requests, name=args.name, replay=args.replay, progress=not args.quiet)
+    print(_round_line(r))
+    return 0
+
+
+def cmd_ledger_log(args) -> int:
+    from dataclasses import asdict
+
+    rounds = _ledger(args, with_model=False).rounds
+    if args.json:
+        print(json.dumps([asdict(r) for r in rounds], indent=1))
+        return 0
+    print(f"{'#':<4} {'name':<24} {'kind':<20} {'edits':>6} {'live':>6}  {'date':<16}  "
+          f"{'own':>5} {'all':>5} {'seconds':>8}")
+    for r in rounds:
+        print(_round_line(r))
+    if not rounds:
+        print("(no rounds yet)")
+    return 0
+
+
+def cmd_ledger_revert(args) -> int:
+    from .ledger import Ledger
+
+    Ledger.open(args.dir).check_revertible(args.name)  # refuse before loading the model
+    ledger = _ledger(args, with_model=True)
+    print(_round_line(ledger.revert(args.name, progress=not args.quiet)))
+    return 0
+
+
+def cmd_ledger_export(args) -> int:
+    if args.patch_out:
+        _check_writable(args.patch_out, "--patch-out")
+        meta = _ledger(args, with_model=False).export_patch(args.patch_out)
+        print(f"export: {len(json.loads(meta['parameters']))} tensor(s), {meta['n_requests']} "
+              f"live edits -> {args.patch_out}")
+        return 0
+    if Path(args.save_model).exists() and any(Path(args.save_model).iterdir()):
+        raise BadInput(f"--save-model {args.save_model}: folder exists and is not empty")
+    ledger = _ledger(args, with_model=True)
+    _save_model(ledger.model, ledger.tok, args.save_model)
+    print(f"export: the model after {len(ledger.rounds)} round(s), "
+          f"{len(ledger.live_requests())} live edits -> {args.save_model}")
+    return 0
+
+
+def _add_ledger_parser(add) -> None:
+    led = add("ledger", "Edits over time: rounds of edits trained with replay of the earlier "
+                        "ones, each revertible, in a folder of patches and JSON records.", None)
+    sub = led.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+
+    def cmd(name, help_text, func):
+        sp = sub.add_parser(name, help=help_text, description=help_text,
+                            epilog="example:\n  " + EXAMPLES[f"ledger {name}"],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or info logging")
+        sp.add_argument("dir", help="the ledger folder")
+        sp.set_defaults(func=func)
+        return sp
+
+    modes = ("all", "sample", "none")
+    i = cmd("init", "Start a ledger over a base model (records the fingerprint of its "
+                    "trained tensors).", cmd_ledger_init)
+    i.add_argument("--model", help="local model folder or 'embedded:smollm2-135m' (default: "
+                                   "the hparams' model_name)")
+    i.add_argument("--hparams", help=f"hparams YAML or shipped name (default {DEFAULT_HPARAMS})")
+    i.add_argument("--replay", choices=modes, default="sample",
+                   help="default replay of earlier edits: all of them, a sample per sub-run "
+                        "once they outnumber ratio x the new ones (default), or none")
+    i.add_argument("--replay-ratio", type=float, default=1.0,
+                   help="sample: earlier edits per sub-run = ratio x new edits (default 1)")
+    i.add_argument("--resample-every", type=int, default=5,
+                   help="sample: epochs per sub-run, each with a fresh sample (default 5)")
+    i.add_argument("--repairs", type=int, default=2,
+                   help="sample: extra sub-runs for earlier edits that fail afterwards "
+                        "(default 2)")
+    a = cmd("add", "Train a round of new edits with replay of the live earlier ones, from "
+                   "the current state, and record it.", cmd_ledger_add)
+    a.add_argument("--requests", required=True, help="JSON list of {prompt, target_new, ...}")
+    a.add_argument("--name", help="the round's name (default round-N)")
+    a.add_argument("--replay", choices=modes, help="replay mode of this round (default: the "
+                                                   "ledger's)")
+    lg = cmd("log", "One line per round: name, kind, edits, live edits, date, reliability on "
+                    "its own edits and on every live edit right after it, seconds.",
+             cmd_ledger_log)
+    lg.add_argument("--json", action="store_true", help="the rounds as JSON")
+    r = cmd("revert", "Take a round back: retrain from the base over every other live edit; "
+                      "recorded as a round of its own.", cmd_ledger_revert)
+    r.add_argument("name", help="the round to take back")
+    e = cmd("export", "Save the current model (with its tokenizer) or one patch from the base.",
+            cmd_ledger_export)
+    out = e.add_mutually_exclusive_group(required=True)
+    out.add_argument("--save-model", help="new folder for the model (from_pretrained loads it)")
+    out.add_argument("--patch-out", help="a patch file from the base (locft-edit apply reads it)")
+    for sp in (a, r, e):
+        sp.add_argument("--model", help="the base model (default: the one the ledger names)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="locft-edit", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Edit facts in a language model with LocFT-BF (localized, "
                             "breadth-first fine-tuning).",
-                epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
+                epilog="examples:\n  " + "\n  ".join(
+                    v for k, v in EXAMPLES.items() if " " not in k))
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logging")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -344,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "folder written by run --adapter-out")
         a.add_argument("--model", default="embedded:smollm2-135m", help="model folder")
         a.add_argument("--save-model", required=True, help="new folder for the result")
+    _add_ledger_parser(add)
     return p
 
 

@@ -13,7 +13,8 @@ is there).
   (``BaseEditor.__init__``). ``import locft_easyedit`` calls it.
 * :func:`lifelong_edit` applies all requests, then scores every request on the FINAL model
   with EasyEdit's ``compute_edit_quality`` (EasyEdit's ``batch_edit`` scores each chunk right
-  after its own edit: EasyEdit issue #590).
+  after its own edit: EasyEdit issue #590); with ``replay=`` (LocFT) each chunk trains with
+  replay of the earlier ones, the edit ledger's mechanism (:mod:`locft_easyedit.ledger`).
 * :func:`load_dataset_easyedit` builds requests with EasyEdit's own dataset classes.
 """
 from __future__ import annotations
@@ -198,13 +199,18 @@ def _score(editor, request: dict, eval_metric: str, test_generation: bool) -> di
 
 def lifelong_edit(editor, requests: Sequence[dict], chunk_size: Optional[int] = None,
                   eval_metric: str = "token_em", test_generation: bool = False,
-                  pre_edit: Optional[List[dict]] = None) -> LifelongResult:
+                  pre_edit: Optional[List[dict]] = None, replay=None) -> LifelongResult:
     """Apply all ``requests`` to ``editor.model``, then score each on the final model.
 
     The requests are applied in chunks of ``chunk_size`` (default ``editor.hparams.batch_size``;
     for LocFT each chunk is one breadth-first run, chunks in order, edits accumulating in
-    ``editor.model``). Pre-edit scores are taken on the unedited model first (or passed as
-    ``pre_edit``, a list of ``{"pre": ...}`` like EasyEdit's ``pre_edit`` argument); post-edit
+    ``editor.model``). ``replay`` (LocFT only; ``None`` = no replay): each chunk trains
+    together with the earlier chunks' requests, as a ledger round does
+    (:func:`locft_easyedit.ledger.replay_train`): ``"all"`` of them, ``"sample"`` (a fresh
+    sample of as many as the chunk has per sub-run, with repairs; the same as ``"all"`` while
+    they are fewer), or a :class:`~locft_easyedit.ledger.ReplaySettings`. Pre-edit scores
+    are taken on the unedited model first (or passed as ``pre_edit``, a list of
+    ``{"pre": ...}`` like EasyEdit's ``pre_edit`` argument); post-edit
     scores are taken only after the last chunk, with EasyEdit's ``compute_edit_quality``, and
     locality is finalised with EasyEdit's own routine. Works for any method in EasyEdit's
     ``ALG_DICT`` that edits weights in place or returns the edited model.
@@ -221,6 +227,7 @@ def lifelong_edit(editor, requests: Sequence[dict], chunk_size: Optional[int] = 
     size = chunk_size or getattr(editor.hparams, "batch_size", None) or len(reqs)
     if size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {size}")
+    apply = _chunk_editor(editor, replay)  # a bad replay= is refused before any work
 
     t0 = time.perf_counter()
     pre = ([p["pre"] for p in pre_edit] if pre_edit is not None else
@@ -230,8 +237,7 @@ def lifelong_edit(editor, requests: Sequence[dict], chunk_size: Optional[int] = 
     weights_copy: Dict[str, Any] = {}
     t0 = time.perf_counter()
     for chunk in batched(reqs, size):
-        edited, copy_ = editor.apply_algo(editor.model, editor.tok, chunk, editor.hparams,
-                                          copy=False, return_orig_weights=True)
+        edited, copy_ = apply(chunk)
         editor.model = edited
         if isinstance(copy_, dict):  # some EasyEdit methods return a callable instead
             for name, tensor in copy_.items():
@@ -246,6 +252,29 @@ def lifelong_edit(editor, requests: Sequence[dict], chunk_size: Optional[int] = 
         finalize_locality_metrics(entry, req, editor.hparams, editor.model_name)
         metrics.append(entry)
     return LifelongResult(metrics, summarize(metrics), editor.model, weights_copy)
+
+
+def _chunk_editor(editor, replay):
+    """``apply(chunk) -> (edited model, weights_copy)``: EasyEdit's ``apply_algo`` without
+    replay; with it, LocFT trained with replay of the chunks before (the ledger's mechanism)."""
+    if replay is None:
+        return lambda chunk: editor.apply_algo(editor.model, editor.tok, chunk, editor.hparams,
+                                               copy=False, return_orig_weights=True)
+    from .ledger import ReplaySettings, apply_with_replay
+
+    if getattr(editor.hparams, "alg_name", None) != ALG_NAME:
+        raise ValueError(f"replay= needs the LocFT method; this editor runs "
+                         f"{getattr(editor.hparams, 'alg_name', None)!r}")
+    settings = ReplaySettings.of(replay)
+    earlier: List[dict] = []
+
+    def apply(chunk):
+        out = apply_with_replay(editor.model, editor.tok, chunk, earlier, editor.hparams,
+                                settings)
+        earlier.extend(chunk)
+        return out
+
+    return apply
 
 
 def summarize(metrics: Sequence[dict]) -> Dict[str, float]:

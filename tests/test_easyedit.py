@@ -202,3 +202,31 @@ def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monke
         assert not torch.equal(dict(edited.named_parameters())[name], before[name])
     finally:  # sequential edits accumulate in editor.model: put the original back
         restore_weights(editor.model, {name: before[name]})
+
+
+@needs_easyedit
+def test_lifelong_edit_with_replay_trains_each_chunk_with_the_earlier_ones(
+        editor, requests4, tmp_path, monkeypatch):
+    """replay="all": the second chunk is one breadth-first run over both chunks, from the
+    state the first left (the ledger's mechanism, locft_easyedit.ledger.replay_train)."""
+    from locft_easyedit import ledger
+
+    monkeypatch.chdir(tmp_path)
+    runs, real = [], ledger.execute_locft
+
+    def spy(model, tok, requests, hp, **kw):
+        runs.append([r["prompt"] for r in requests])
+        return real(model, tok, requests, hp, **kw)
+
+    monkeypatch.setattr(ledger, "execute_locft", spy)
+    before = _snapshot(editor.model)
+    res = ee.lifelong_edit(editor, requests4, chunk_size=2, replay="all")
+    try:
+        prompts = [r["prompt"] for r in requests4]
+        assert runs == [prompts[:2], prompts]
+        assert res.summary["post_rewrite_acc"] >= 0.9
+        assert torch.equal(res.weights_copy[TRAINED], before[TRAINED])
+    finally:
+        restore_weights(editor.model, res.weights_copy)
+    with pytest.raises(ValueError, match="replay mode"):
+        ee.lifelong_edit(editor, requests4, chunk_size=2, replay="some")
