@@ -11,8 +11,13 @@ What an edit needs on top of the loaded model (``training_bytes``):
   trained parameter);
 * the activations autograd keeps for one mini-batch through the layers from the first trained
   one up (a per-token, per-layer count of saved values; see :data:`SAVED_PER_TOKEN`) plus the
-  attention scores, in the model's dtype;
+  attention scores, in the model's dtype (at the module level, the first layer keeps only the
+  trained module's input);
 * the target-only logits of one mini-batch and their gradient, in float32.
+
+A step builds two graphs one after the other: the edits' (freed by their backward), then the
+preservation term's generic texts'. The activations and logits reported are those of the
+larger one.
 
 ``peak_bytes`` = weights + training_bytes. The figures are estimates (the allocator, the
 framework and fragmentation add to them); ``benchmarks/plan_check.py`` compares them with the
@@ -135,16 +140,26 @@ def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edi
     tokens = n_edits * tokens_per_edit + hp.preserve_samples * generic
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     available = device_bytes if device_bytes is not None else visible_device_bytes(device)
+    module = (trained_module(list(params), stack_name, first, stack[first])
+              if stack is not None else None)
     level, cache = cache_plan(hp, tokens, hidden, elem, first, weights, device, available,
-                              trained_module(list(params), stack_name, first, stack[first])
-                              if stack is not None else None, stack)
+                              module, stack)
     mbs = min(hp.mini_batch_size, n_edits)
-    batch_tokens = mbs * tokens_per_edit + hp.preserve_batch * generic
-    above = layers - first
     saved = SAVED_PER_TOKEN[0] * hidden + SAVED_PER_TOKEN[1] * inter
     scores = heads * tokens_per_edit  # attention probabilities per token and layer
-    activations = int(batch_tokens * above * (saved + scores) * elem)
-    logits = int((mbs * target_tokens_per_edit + hp.preserve_batch * generic) * vocab * 4 * 2)
+    # per token: every layer from the first trained one up; at the module level the first
+    # layer keeps only the trained module's input
+    per_token = ((layers - first - 1) * (saved + scores) + (
+        stack[first].get_submodule(module).in_features if level == "module"
+        else saved + scores)) * elem if layers > first else 0
+    # a step's graphs: the edits' (freed by their backward), then the preservation term's
+    # generic texts' (every position predicts): the peak is the larger of the two
+    phases = [(mbs * tokens_per_edit, mbs * target_tokens_per_edit)]
+    if generic:
+        phases.append((hp.preserve_batch * generic, hp.preserve_batch * (generic - 1)))
+    # logits in float32, kept with their log-softmax for the backward: 2 copies
+    activations, logits = max(((int(t * per_token), int(k * vocab * 4 * 2))
+                               for t, k in phases), key=sum)
     master_adam = trained * 16
     training = cache + master_adam + activations + logits
     steps = hp.num_epochs * math.ceil(n_edits / hp.mini_batch_size) \
