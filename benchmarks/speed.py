@@ -75,6 +75,7 @@ def _setup(args, n):
             cfg.num_attention_heads, cfg.num_key_value_heads = 8, 2
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+        torch.manual_seed(0)  # the same random model in every process (deltas compared)
         with torch.device(dev):
             model = LlamaForCausalLM(cfg).to(dtype)
         model.eval()
