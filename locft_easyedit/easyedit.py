@@ -267,10 +267,13 @@ def _chunk_editor(editor, replay):
                          f"{getattr(editor.hparams, 'alg_name', None)!r}")
     settings = ReplaySettings.of(replay)
     earlier: List[dict] = []
+    base: Dict[str, Any] = {}  # the trained tensors before the first chunk: locality keeps them
 
     def apply(chunk):
         out = apply_with_replay(editor.model, editor.tok, chunk, earlier, editor.hparams,
-                                settings)
+                                settings, preserve_from=base or None)
+        if not base:
+            base.update(out[1])
         earlier.extend(chunk)
         return out
 

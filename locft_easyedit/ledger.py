@@ -276,14 +276,14 @@ class RotatingSample:
 
 
 def _run(model, tok, start: Optional[Tensors], requests: List[dict], hp: LocFTHyperParams,
-         epochs: int, progress: bool):
+         epochs: int, progress: bool, preserve_from: Optional[Tensors] = None):
     """One :func:`execute_locft` call of at most ``epochs`` epochs starting from ``start``
-    (None: the model as it is); ``(tensors, TrainResult)``, the model unchanged."""
+    (None: the model as it is); ``(tensors, TrainResult)``, the model unchanged.
+    ``preserve_from``: the tensors whose behaviour the locality terms keep (the base's)."""
     run_hp = dataclasses.replace(hp, num_epochs=epochs, checkpoint_dir=None)
-    if start is None:
-        return execute_locft(model, tok, requests, run_hp, progress=progress)
-    with weights_applied(model, start):
-        return execute_locft(model, tok, requests, run_hp, progress=progress)
+    with weights_applied(model, start or {}):
+        return execute_locft(model, tok, requests, run_hp, progress=progress,
+                             preserve_from=preserve_from)
 
 
 def score_edits(model, tok, requests: Sequence[dict], tensors: Optional[Tensors] = None
@@ -306,9 +306,9 @@ def _converged(result, hp: LocFTHyperParams) -> bool:
 class _SubRuns:
     """Accumulates the sub-runs of one :func:`replay_train` call."""
 
-    def __init__(self, model, tok, new, earlier, hp, start, progress):
+    def __init__(self, model, tok, new, earlier, hp, start, progress, preserve_from=None):
         self.model, self.tok, self.new, self.earlier = model, tok, new, earlier
-        self.hp, self.progress = hp, progress
+        self.hp, self.progress, self.preserve_from = hp, progress, preserve_from
         self.out = ReplayOutcome(tensors=start)
         self.seen: set = set()
 
@@ -319,7 +319,7 @@ class _SubRuns:
         t0 = time.perf_counter()
         tensors, result = _run(self.model, self.tok, self.out.tensors,
                                [self.earlier[i] for i in picks] + list(self.new), self.hp,
-                               epochs, self.progress)
+                               epochs, self.progress, self.preserve_from)
         o = self.out
         o.seconds += time.perf_counter() - t0
         o.tensors, o.epochs, o.steps = tensors, o.epochs + result.epochs, o.steps + result.steps
@@ -337,10 +337,13 @@ class _SubRuns:
 def replay_train(model, tok, new: Sequence[dict], earlier: Sequence[dict], hp: LocFTHyperParams,
                  replay: Union[str, ReplaySettings, None] = "all", start: Optional[Tensors] = None,
                  weak: Sequence[int] = (), score: bool = True,
-                 progress: bool = False) -> ReplayOutcome:
+                 progress: bool = False, preserve_from: Optional[Tensors] = None
+                 ) -> ReplayOutcome:
     """Train the ``new`` requests with replay of the ``earlier`` ones (see the module
     docstring), starting from ``start`` (None: the model's own tensors). ``weak``: indices of
     earlier edits to draw first in ``sample`` mode (those that failed at the last scoring).
+    ``preserve_from``: the base's trained tensors, whose behaviour the locality terms
+    (``preserve_weight``, ``anchor_weight``) keep in every round (None: ``start``'s).
     The model is left as it was; write ``outcome.tensors`` to keep the result. ``score``:
     also score every edit afterwards (``sample`` mode with repairs always does)."""
     settings = ReplaySettings.of(replay)
@@ -350,7 +353,7 @@ def replay_train(model, tok, new: Sequence[dict], earlier: Sequence[dict], hp: L
     if start is None:
         start = {n: p.detach().clone() for n, p in select_parameters(model, hp).items()}
     earlier = [] if settings.mode == "none" else list(earlier)
-    runs = _SubRuns(model, tok, list(new), earlier, hp, start, progress)
+    runs = _SubRuns(model, tok, list(new), earlier, hp, start, progress, preserve_from)
     k = settings.sample_size(len(new))
     if settings.mode != "sample" or len(earlier) <= k:
         if new or earlier:
@@ -389,10 +392,12 @@ def _sampled(runs: _SubRuns, settings: ReplaySettings, k: int, weak: Sequence[in
 
 def apply_with_replay(model, tok, new: Sequence[dict], earlier: Sequence[dict],
                       hp: LocFTHyperParams, replay: Union[str, ReplaySettings],
-                      progress: bool = False) -> Tuple[object, Tensors]:
+                      progress: bool = False, preserve_from: Optional[Tensors] = None
+                      ) -> Tuple[object, Tensors]:
     """:func:`replay_train` from the model's current tensors, written into the model;
     ``(model, originals)`` like EasyEdit's ``apply_algo`` (for ``lifelong_edit``)."""
-    outcome = replay_train(model, tok, new, earlier, hp, replay, score=False, progress=progress)
+    outcome = replay_train(model, tok, new, earlier, hp, replay, score=False, progress=progress,
+                           preserve_from=preserve_from)
     return model, write_weights(model, outcome.tensors)
 
 
@@ -671,7 +676,8 @@ class Ledger:
             own_before = score_edits(self.model, self.tok, requests, before)
             out = replay_train(self.model, self.tok, requests, [e.request for e in earlier],
                                self.hparams, settings, start=before, weak=self._weak(earlier),
-                               progress=progress)
+                               progress=progress,
+                               preserve_from=self.base_tensors() if self.rounds else None)
             live = earlier + [LiveEdit(name, i, r) for i, r in enumerate(requests)]
             scores = out.scores
             record = {"requests": requests, "replay": {

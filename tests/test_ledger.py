@@ -331,3 +331,23 @@ def test_benchmark_runs_resumes_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| ledger-sample | 2 | 6 |" in out and "| round-1 (ledger-sample) |" in out
     assert (tmp_path / "round1.png").stat().st_size > 1000
+
+
+def test_every_round_preserves_the_base(tmp_path, tiny_model, tiny_tok, facts, hp,
+                                        monkeypatch):
+    """The locality terms of round 2 keep the base model's behaviour, not round 1's (else
+    locality drifts round after round): its training gets the base tensors as preserve_from."""
+    base = {TRAINED: param(tiny_model)}
+    given = []
+    real = ledger_module.execute_locft
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("preserve_from"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger_module, "execute_locft", spy)
+    led = Ledger.init(tmp_path / "led", tiny_model, tiny_tok, hp, replay="all")
+    led.add(facts[:4])
+    led.add(facts[4:8])
+    assert given[0] is None and set(given[1]) == {TRAINED}
+    assert torch.equal(given[1][TRAINED], base[TRAINED])

@@ -12,7 +12,7 @@ train/eval mode, and the tokenizer, are as they were afterwards.
 from __future__ import annotations
 
 import copy as copy_module
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -98,35 +98,60 @@ def check_dtype(params: Dict[str, torch.nn.Parameter], hp: LocFTHyperParams) -> 
             "dtype")
 
 
+def check_preserve_from(preserve_from: Dict[str, torch.Tensor], params, hparams) -> None:
+    """``preserve_from`` names exactly the tensors the hparams select, in their shapes."""
+    if hparams.tuning != "full":
+        raise LocFTInputError("preserve_from needs tuning: full (adapters train new tensors)")
+    if set(preserve_from) != set(params):
+        raise LocFTInputError(
+            f"preserve_from names {sorted(preserve_from)[:3]}, the hparams select "
+            f"{sorted(params)[:3]}: give the selected tensors' values")
+    bad = [n for n, p in params.items() if tuple(preserve_from[n].shape) != tuple(p.shape)]
+    if bad:
+        raise LocFTInputError(f"preserve_from[{bad[0]!r}] has shape "
+                              f"{tuple(preserve_from[bad[0]].shape)}, the parameter "
+                              f"{tuple(params[bad[0]].shape)}")
+
+
 def edit(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
-         progress: bool = True) -> Tuple[Any, TrainResult]:
+         progress: bool = True, preserve_from: Optional[Dict[str, torch.Tensor]] = None
+         ) -> Tuple[Any, TrainResult]:
     """Train the edit with ``hparams.tuning`` and return ``(output, TrainResult)``: for full
     tuning ``{name: new tensor}`` (the model unchanged), for adapters the ``PeftModel``
-    wrapping ``model`` in place. Every input check runs before any training."""
+    wrapping ``model`` in place. Every input check runs before any training.
+
+    ``preserve_from`` (full tuning): the values of the trained tensors whose behaviour the
+    locality terms (``preserve_weight``, ``anchor_weight``) keep, when they are not the
+    model's current ones: an edit on top of earlier edits (a ledger round) preserves the base
+    model's distributions, so locality does not drift round after round."""
     requests = validate_requests(requests, hparams.conflicting_targets)
     if has_adapters(model):
         raise LocFTInputError("the model already carries peft adapters: merge them "
                               "(lora_merge: true, or merge_and_unload()) or unload them before "
                               "another edit")
     params = select_parameters(model, hparams)
+    if preserve_from is not None:
+        check_preserve_from(preserve_from, params, hparams)
     check_placement(model, params, hparams)
     check_dtype(params, hparams)
     examples = encode_requests(tok, requests, hparams.append_eos, hparams.max_length)
     ckpt = open_checkpoint(hparams, examples, params)  # another run's checkpoint: refused now
     with TUNINGS[hparams.tuning](model, params, hparams, len(examples)) as tuning:
-        result = train_tensors(model, tok, requests, examples, tuning, hparams, progress, ckpt)
+        result = train_tensors(model, tok, requests, examples, tuning, hparams, progress, ckpt,
+                               preserve_from)
     return tuning.output(), result
 
 
 def execute_locft(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,
-                  progress: bool = True, **kwargs: Any) -> Tuple[Dict[str, torch.Tensor],
-                                                                 TrainResult]:
+                  progress: bool = True, preserve_from: Optional[Dict[str, torch.Tensor]] = None,
+                  **kwargs: Any) -> Tuple[Dict[str, torch.Tensor], TrainResult]:
     """Train and return ``({name: new_weight}, TrainResult)``; the model is not changed.
-    Full tuning only (``tuning: full``); adapters: :func:`execute_adapter`."""
+    Full tuning only (``tuning: full``); adapters: :func:`execute_adapter`. ``preserve_from``:
+    see :func:`edit`."""
     if hparams.tuning != "full":
         raise HparamsError(f"key 'tuning': execute_locft trains the tensors themselves "
                            f"(tuning: full), got {hparams.tuning!r}; use execute_adapter")
-    return edit(model, tok, requests, hparams, progress)
+    return edit(model, tok, requests, hparams, progress, preserve_from)
 
 
 def execute_adapter(model, tok, requests: Sequence[dict], hparams: LocFTHyperParams,

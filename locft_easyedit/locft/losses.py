@@ -125,10 +125,12 @@ class ReferenceLoss:
         return StepLoss(report, backward)
 
     @torch.no_grad()
-    def generic_logits(self, idx: Sequence[int]) -> torch.Tensor:
-        """The regularizer's generic texts ``idx``: next-token logits with the tensors as
-        they are now (what :meth:`.regularizers.Regularizer.fill` records before training)."""
-        return self._generic_logits(self.subs(), idx)
+    def generic_logits(self, idx: Sequence[int], subs: Optional[Dict[str, torch.Tensor]] = None
+                       ) -> torch.Tensor:
+        """The regularizer's generic texts ``idx``: next-token logits with the trained tensors
+        as they are now, or as ``subs`` gives them (what
+        :meth:`.regularizers.Regularizer.fill` records before training)."""
+        return self._generic_logits(self.subs() if subs is None else subs, idx)
 
     def _generic_logits(self, subs, idx: Sequence[int]) -> torch.Tensor:
         """Logits at every next-token position of the regularizer's generic texts ``idx``."""
@@ -502,9 +504,11 @@ class FastLoss:
         return logits, labels[rows, cols + 1].to(dev), rows.to(dev)
 
     @torch.no_grad()
-    def generic_logits(self, idx: Sequence[int]) -> torch.Tensor:
+    def generic_logits(self, idx: Sequence[int], subs: Optional[Dict[str, torch.Tensor]] = None
+                       ) -> torch.Tensor:
         """As :meth:`ReferenceLoss.generic_logits`, through the cache (inside ``with``)."""
-        return self._target_logits(self.subs(), [self.n_edits + i for i in idx])[0]
+        return self._target_logits(self.subs() if subs is None else subs,
+                                   [self.n_edits + i for i in idx])[0]
 
     def __call__(self, indices: Sequence[int], denom: int) -> StepLoss:
         """Forward every length group (their graphs kept), so that ``backward`` runs only for

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoding import Encoded, pad_batch
-from .modeling import input_device, left_padding, pad_id_of
+from .modeling import input_device, left_padding, pad_id_of, weights_applied
 
 GENERIC_OPENINGS = [
     "What is the best way to learn a new language?",
@@ -177,14 +177,22 @@ class Regularizer:
     generic texts whose logits the preservation term needs (none when it is off), and
     :meth:`penalty` turns those logits (and the current trained tensors) into the term."""
 
-    def __init__(self, hp, originals: Dict[str, torch.Tensor], texts: Sequence[Encoded] = ()):
+    def __init__(self, hp, originals: Dict[str, torch.Tensor], texts: Sequence[Encoded] = (),
+                 preserve_from: Optional[Dict[str, torch.Tensor]] = None):
         self.hp = hp
         self.originals = originals
+        self.preserve_from = preserve_from
         self.examples: List[Encoded] = list(texts)
         self.reference: Optional[Reference] = None
         self.calls = 0
         n = len(self.examples)
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(hp.seed)).tolist()
+
+    def preserved_subs(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The tensors to substitute for the unedited distributions (None: the run's start)."""
+        if self.preserve_from is None:
+            return None
+        return {n: self.preserve_from[n].to(w.device) for n, w in self.originals.items()}
 
     def fill(self, logits_of: LogitsOf) -> None:
         """Record the unedited model's distributions on the generic texts, from the loss's own
@@ -222,11 +230,20 @@ class Regularizer:
         return sum(terms) if terms else None
 
 
-def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor]) -> Optional[Regularizer]:
-    """None when every locality term is off."""
+def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor],
+                      preserve_from: Optional[Dict[str, torch.Tensor]] = None
+                      ) -> Optional[Regularizer]:
+    """None when every locality term is off. ``preserve_from``: the trained tensors' values
+    to preserve when they are not the model's current ones (the generic texts are then sampled
+    with them written into the model, which is put back at once)."""
     if hp.preserve_weight <= 0 and hp.anchor_weight <= 0:
         return None
-    texts = sample_generic_text(model, tok, GENERIC_OPENINGS, hp.preserve_samples,
-                                hp.preserve_new_tokens, hp.seed) if hp.preserve_weight > 0 else []
-    originals = {n: m.detach().clone() for n, m in masters.items()}
-    return Regularizer(hp, originals, texts)
+    texts = []
+    if hp.preserve_weight > 0:
+        with weights_applied(model, preserve_from or {}):
+            texts = sample_generic_text(model, tok, GENERIC_OPENINGS, hp.preserve_samples,
+                                        hp.preserve_new_tokens, hp.seed)
+    source = preserve_from if preserve_from is not None else masters
+    originals = {n: source[n].detach().to(masters[n].device, torch.float32).clone()
+                 for n in masters}
+    return Regularizer(hp, originals, texts, preserve_from)

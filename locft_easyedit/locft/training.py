@@ -263,13 +263,15 @@ def _fast_loss(model, tok, examples, masters, tuning: Tuning, hparams, reg,
 
 
 def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning, hparams,
-                  progress: bool = True, ckpt: Optional[Checkpointer] = None) -> TrainResult:
+                  progress: bool = True, ckpt: Optional[Checkpointer] = None,
+                  preserve_from: Optional[Dict[str, torch.Tensor]] = None) -> TrainResult:
     """Run the ``hparams.pipeline`` loop on ``tuning.masters`` with the
     ``hparams.implementation`` loss (plus the locality terms the hparams ask for); every other
     parameter is frozen meanwhile and the model is in eval mode, except ``tuning.train_mode``.
 
     The global RNG is seeded with ``hparams.seed`` for the run (dropout of adapters) and
-    restored afterwards; the shuffling order has its own generator."""
+    restored afterwards; the shuffling order has its own generator. ``preserve_from``: the
+    trained tensors' values the locality terms preserve (default: where training starts)."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]), frozen(model), explain_oom(hparams, len(examples)):
         torch.manual_seed(hparams.seed)
@@ -280,7 +282,8 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             module.train()
         # locality terms (None unless asked for); under data parallelism rank 0 alone adds
         # them, since gradients are summed over ranks
-        reg = build_regularizer(model, tok, hparams, masters) if distributed.rank() == 0 else None
+        reg = (build_regularizer(model, tok, hparams, masters, preserve_from)
+               if distributed.rank() == 0 else None)
         loss_fn, fallback = None, ""
         if hparams.implementation == "fast":
             loss_fn, fallback = _fast_loss(model, tok, examples, masters, tuning, hparams,
@@ -303,7 +306,7 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             step_fn = distributed.data_parallel(step_fn, masters)
         with loss_fn:
             if reg is not None:  # the unedited distributions, through the loss's own forward
-                reg.fill(loss_fn.generic_logits)
+                reg.fill(lambda idx: loss_fn.generic_logits(idx, reg.preserved_subs()))
             # float16 weights (the trained ones or any the gradient flows through) need
             # loss scaling; float32 and bfloat16 do not
             half = any(p.dtype == torch.float16 for p in model.parameters())
