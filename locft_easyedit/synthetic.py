@@ -21,7 +21,7 @@ OBJECTS = ["Paris", "Lima", "Oslo", "Kyoto", "Quito", "Cairo", "Dakar", "Hanoi",
 
 
 def synthetic_facts(n: int = 32, seed: int = 0) -> List[dict]:
-    """``n`` distinct requests ``{prompt, target_new, rephrase_prompt}`` over made-up subjects
+    """``n`` distinct requests ``{prompt, target_new, rephrase_prompt, subject}`` over made-up subjects
     (prompts unique; subjects get a numeric suffix beyond the name list)."""
     rng = random.Random(seed)
     out, seen = [], set()
@@ -35,7 +35,7 @@ def synthetic_facts(n: int = 32, seed: int = 0) -> List[dict]:
             continue
         seen.add(prompt)
         out.append({"prompt": prompt, "target_new": rng.choice(OBJECTS),
-                    "rephrase_prompt": "Q: " + prompt})
+                    "rephrase_prompt": "Q: " + prompt, "subject": subj})
     return out
 
 

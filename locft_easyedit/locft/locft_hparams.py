@@ -178,6 +178,38 @@ class LocFTHyperParams(_Base):
         "Examples whose own loss is below loss_threshold give no gradient (their loss still "
         "counts towards the mini-batch and epoch means).", default=False)
 
+    # --- locality beyond the preservation loss (issue 18; all off = the authors' method) ---
+    null_space_energy: float = _doc(
+        "Null-space projection: after every optimizer step, the change of each trained linear "
+        "weight is projected off the top eigenvectors of its inputs' second moment on the "
+        "local key_corpus that hold this share of its trace (e.g. 0.9), so generic inputs "
+        "barely see the update (AlphaEdit's projection applied to fine-tuning; keys.py of "
+        "this folder). 0 = off. Full tuning only.", default=0.0)
+    null_space_rank: int = _doc(
+        "Null-space projection with a fixed number of top directions removed instead of an "
+        "energy share (wins over null_space_energy when > 0). 0 = off.", default=0)
+    key_penalty_weight: float = _doc(
+        "Soft key-covariance penalty: this weight x tr(dW C dW^T), the mean squared change of "
+        "the trained linear modules' outputs over the key_corpus inputs (MEMIT's "
+        "preservation term as a regularizer; dW from preserve_from or the run's start). "
+        "0 = off. Full tuning only.", default=0.0)
+    key_corpus: str = _doc(
+        "Text whose inputs to the trained module define C: 'pydoc_data' (CPython's help "
+        "topics, shipped with Python) or the path of a local UTF-8 text file. Never "
+        "evaluation data. C is cached per (model, module, corpus, key_tokens) under "
+        "$XDG_CACHE_HOME/locft_easyedit/keys.", default="pydoc_data")
+    key_tokens: int = _doc("Tokens of key_corpus streamed to estimate C.", default=50000)
+    neighbour_weight: float = _doc(
+        "Weight of a preservation KL on neighbour prompts: each edit prompt with its subject "
+        "replaced by the subjects of other requests of the same run (never evaluation data), "
+        "answered greedily by the unedited model; the neighbours of a mini-batch's edits are "
+        "preserved in the same step. Needs requests with a 'subject' found in the prompt. "
+        "0 = off.", default=0.0)
+    neighbour_samples: int = _doc("Neighbour prompts made per edit.", default=2)
+    neighbour_new_tokens: int = _doc(
+        "Tokens of the unedited model's greedy answer kept per neighbour prompt (the KL runs "
+        "on the positions predicting them).", default=4)
+
     def __post_init__(self) -> None:
         validate(self)
 
@@ -346,6 +378,17 @@ def validate(hp: LocFTHyperParams) -> None:
     need(hp.preserve_topk >= 1, "preserve_topk", "must be >= 1")
     need(math.isfinite(hp.anchor_weight) and hp.anchor_weight >= 0, "anchor_weight",
          "must be a finite number >= 0")
+    need(0 <= hp.null_space_energy < 1, "null_space_energy",
+         "must be a share of the key energy in [0, 1) (0 = off)")
+    need(hp.null_space_rank >= 0, "null_space_rank", "must be >= 0 (0 = off)")
+    need(math.isfinite(hp.key_penalty_weight) and hp.key_penalty_weight >= 0,
+         "key_penalty_weight", "must be a finite number >= 0")
+    need(bool(hp.key_corpus.strip()), "key_corpus", "must name a corpus or a text file")
+    need(hp.key_tokens >= 128, "key_tokens", "must be >= 128")
+    need(math.isfinite(hp.neighbour_weight) and hp.neighbour_weight >= 0, "neighbour_weight",
+         "must be a finite number >= 0")
+    need(hp.neighbour_samples >= 1, "neighbour_samples", "must be >= 1")
+    need(hp.neighbour_new_tokens >= 1, "neighbour_new_tokens", "must be >= 1")
     dev = hp.device
     need(dev is None or (isinstance(dev, int) and dev >= 0) or
          (isinstance(dev, str) and (dev in ("cpu", "cuda", "mps") or
@@ -405,6 +448,10 @@ def validate_adapters(hp: LocFTHyperParams) -> None:
     need(hp.tuning != "adalora" or hp.checkpoint_dir is None, "checkpoint_dir",
          "cannot be used with tuning: adalora (its rank allocator's state is not saved, so a "
          "resumed run would differ); use tuning: lora or full, or checkpoint_dir: null")
+    for key in ("null_space_energy", "null_space_rank", "key_penalty_weight"):
+        need(hp.tuning == "full" or not getattr(hp, key), key,
+             f"constrains W - W_original of the trained linear weights and works with tuning: "
+             f"full only; with tuning: {hp.tuning} set it to 0")
     need(hp.tuning == "full" or hp.anchor_weight == 0, "anchor_weight",
          f"penalises W - W_original of the trained tensors and works with tuning: full only; "
          f"with tuning: {hp.tuning} set it to 0 (lora_rank and lora_alpha bound the adapter)")

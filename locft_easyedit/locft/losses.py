@@ -78,13 +78,14 @@ def edit_loss(per_ex: torch.Tensor, denom: int, hp) -> Tuple[torch.Tensor, float
 
 
 def regularize(regularizer: Optional[Regularizer], subs: Dict[str, torch.Tensor],
-               logits_of: Callable[[List[int]], torch.Tensor], scale: float = 1.0) -> None:
-    """Backpropagate the locality terms of one step: the regularizer names the generic texts
-    it wants this step, ``logits_of`` (the loss's own forward) computes their next-token
-    logits, and the regularizer turns them into its penalty."""
+               logits_of: Callable[[List[int]], torch.Tensor], edits: Sequence[int],
+               scale: float = 1.0) -> None:
+    """Backpropagate the locality terms of one step: the regularizer names the texts it wants
+    this step (given the step's ``edits``), ``logits_of`` (the loss's own forward) computes
+    their next-token logits, and the regularizer turns them into its penalty."""
     if regularizer is None:
         return
-    idx = regularizer.next_batch()
+    idx = regularizer.next_batch(edits)
     term = regularizer.penalty(logits_of(idx) if idx else None, idx, subs)
     if term is not None:
         scaled(term, scale).backward()
@@ -120,7 +121,7 @@ class ReferenceLoss:
         def backward(scale: float = 1.0) -> None:
             scaled(loss, scale).backward()
             regularize(self.regularizer, subs, lambda idx: self._generic_logits(subs, idx),
-                       scale)
+                       indices, scale)
 
         return StepLoss(report, backward)
 
@@ -528,7 +529,7 @@ class FastLoss:
             if self.regularizer is not None:
                 subs = self.subs()
                 regularize(self.regularizer, subs, lambda idx: self._target_logits(
-                    subs, [self.n_edits + i for i in idx])[0], scale)
+                    subs, [self.n_edits + i for i in idx])[0], indices, scale)
 
         return StepLoss(total, backward)
 

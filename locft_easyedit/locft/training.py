@@ -30,6 +30,7 @@ from .errors import TrainingDiverged
 from .losses import (CACHE_LEVELS, FastLoss, ReferenceLoss, StepLoss, fast_path_mismatch,
                      scaled)
 from .modeling import frozen, pad_id_of
+from .keys import build_key_constraints
 from .regularizers import build_regularizer
 from .tuning import Tuning
 
@@ -280,10 +281,19 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             m.requires_grad_(True)
         for module in tuning.train_mode:
             module.train()
+        # key constraints (None unless asked for): every rank projects its own copy
+        keys = build_key_constraints(model, tok, hparams, masters, preserve_from,
+                                     progress and distributed.rank() == 0)
         # locality terms (None unless asked for); under data parallelism rank 0 alone adds
         # them, since gradients are summed over ranks
-        reg = (build_regularizer(model, tok, hparams, masters, preserve_from)
+        reg = (build_regularizer(model, tok, hparams, masters, preserve_from, requests, keys)
                if distributed.rank() == 0 else None)
+        after_step = tuning.after_step
+        if keys is not None and keys.removed:
+            def after_step(steps, _then=tuning.after_step):  # the update back in the null space
+                if _then is not None:
+                    _then(steps)
+                keys.project(masters)
         loss_fn, fallback = None, ""
         if hparams.implementation == "fast":
             loss_fn, fallback = _fast_loss(model, tok, examples, masters, tuning, hparams,
@@ -312,7 +322,7 @@ def train_tensors(model, tok, requests: Sequence[dict], examples, tuning: Tuning
             half = any(p.dtype == torch.float16 for p in model.parameters())
             result = PIPELINES[hparams.pipeline](step_fn, len(examples), masters, hparams,
                                                  progress and distributed.rank() == 0, ckpt,
-                                                 tuning.after_step, loss_scaling=half)
+                                                 after_step, loss_scaling=half)
         result.implementation = "reference" if isinstance(loss_fn, ReferenceLoss) else "fast"
         result.fallback = fallback
         if isinstance(loss_fn, FastLoss):
