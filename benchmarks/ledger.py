@@ -191,8 +191,9 @@ def _f(x, digits=3):
 def report(rows: list) -> str:
     """Markdown: one row per mode and round, then the revert."""
     lines = ["| mode | round | edits so far | reliability, all so far | round 1 | own round | "
-             "generalization | locality | s / round (training) | earlier edits replayed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "generalization | locality | s / round (training) | s / round (ledger's scoring) "
+             "| earlier edits replayed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     order = {m: i for i, m in enumerate(MODES)}
     rounds = sorted((r for r in rows if r["round"] != "revert"),
                     key=lambda r: (order.get(r["mode"], 9), r["round"]))
@@ -201,7 +202,7 @@ def report(rows: list) -> str:
                      f"{_f(r['reliability_all'])} | {_f(r['reliability_round1'])} | "
                      f"{_f(r['reliability_own'])} | {_f(r['generalization_all'])} | "
                      f"{_f(r['locality_all'])} | {r['seconds']:.0f} | "
-                     f"{r.get('replay_replayed', 0):,} |")
+                     f"{r.get('ledger_score_seconds', 0):.0f} | {r.get('replay_replayed', 0):,} |")
     for r in (r for r in rows if r["round"] == "revert"):
         lines += ["", "| revert | reverted edits: before their round / after it / after the "
                       "revert | every other edit | generalization | locality | seconds |",
