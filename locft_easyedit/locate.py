@@ -9,7 +9,7 @@ Scores (each 0..1, higher is better):
 * ``locality``: EasyEdit's neighbourhood score on the requests' locality prompts (when they
   have them);
 * ``capability``: argmax agreement, before vs after, at every position of generic text that
-  the unedited model sampled after :data:`~locft_easyedit.locft.regularizers.HELDOUT_OPENINGS`
+  the unedited model sampled after :data:`~locft_easyedit.locft.generic_text.HELDOUT_OPENINGS`
   (never trained on, not even by the preservation loss); ``nll_change`` is the change of
   the mean negative log-likelihood of that text (reported, not ranked).
 
@@ -37,7 +37,7 @@ from .evaluate import locality_scores, locality_snapshot, token_accuracy
 from .locft import LocFTHyperParams, execute_locft, weights_applied
 from .locft.encoding import pad_batch
 from .locft.modeling import input_device, num_layers, pad_id_of
-from .locft.regularizers import HELDOUT_OPENINGS, sample_generic_text
+from .locft.generic_text import HELDOUT_OPENINGS, sample_generic_text
 
 logger = logging.getLogger(__name__)
 

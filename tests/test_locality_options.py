@@ -50,8 +50,8 @@ def test_energy_picks_the_directions_holding_that_share(tiny_model, tiny_tok):
 
 def test_key_penalty_gradient_is_two_lambda_dw_c(tiny_model, tiny_tok, tiny_hp):
     module = tiny_model.get_submodule(NAME.rpartition(".")[0])
-    c, count = K._second_moment(tiny_model, tiny_tok, module, False,
-                                K.corpus_text("pydoc_data"), 2048, False)
+    c, count = K._second_moment(tiny_model, module, False,
+                                K.corpus_ids(tiny_model, tiny_tok, "pydoc_data", 2048), False)
     assert count >= 1024
     hp = _hp(tiny_hp, key_penalty_weight=3.0)
     w = dict(tiny_model.named_parameters())[NAME].detach().float()
@@ -101,6 +101,21 @@ def test_statistics_are_cached_and_reused(tiny_model, tiny_tok, own_cache, monke
         dict(tiny_model.named_parameters())["model.layers.0.mlp.up_proj.weight"].mul_(1.5)
     with pytest.raises(AssertionError, match="recomputed"):
         K.key_statistics(tiny_model, tiny_tok, NAME, "pydoc_data", 2048)
+
+
+def test_self_and_joined_corpora(tiny_model, tiny_tok, own_cache):
+    """``self`` is the model's own text (so its own weights key the cache); ``a+b`` joins
+    equal shares."""
+    both = K.corpus_ids(tiny_model, tiny_tok, "pydoc_data+self", 600)
+    assert both[:300] == K.corpus_ids(tiny_model, tiny_tok, "pydoc_data", 300)
+    assert both[300:] == K.corpus_ids(tiny_model, tiny_tok, "self", 300)
+    assert len(both) == 600
+    first = K.key_statistics(tiny_model, tiny_tok, NAME, "self", 512)
+    with torch.no_grad():
+        dict(tiny_model.named_parameters())[NAME].mul_(2.0)
+    K.key_statistics(tiny_model, tiny_tok, NAME, "self", 512)
+    assert len(list(own_cache.glob("*.safetensors"))) == 2  # its own weight changed its text
+    assert first.tokens >= 384
 
 
 def test_transposed_weights_project_on_their_input_side():

@@ -15,7 +15,9 @@ stores ``W^T``), an update ``dW`` changes the output on key ``k`` by ``dW k``. O
 ``C`` is computed once per (model, module, corpus, tokens) by streaming the corpus through
 the model up to the module (a hook stops the forward there), and cached as its eigenvalues and
 its top eigenvectors under :func:`cache_root` ``/ "keys"``. The corpus is local text that
-ships with Python (:data:`CORPORA`), never evaluation data. Only the top ``MAX_BASIS``
+ships with Python (:data:`CORPORA`), ``self`` (text the unedited model samples after the
+generic openings of :mod:`.generic_text`), a text file, or several joined by ``+`` (equal
+shares of the tokens); never evaluation data. Only the top ``MAX_BASIS``
 eigenvectors are kept (a low-rank basis), so a LLaMA3-8B ``down_proj`` (``in`` = 14,336) is
 stored as 14,336 x 4,096 floats instead of the full 14,336^2.
 
@@ -40,12 +42,15 @@ import torch
 from torch import nn
 
 from .errors import HparamsError
+from .generic_text import GENERIC_OPENINGS, sample_generic_text
 from .modeling import input_device
 
 logger = logging.getLogger(__name__)
 
 MAX_BASIS = 4096      # eigenvectors kept per module (all of them for in <= 4096)
 WINDOW = 128          # tokens per corpus window fed to the model
+SELF = "self"         # the corpus the unedited model writes itself
+SELF_SEED = 0         # fixed, so the cached statistics serve every run
 
 
 def cache_root() -> Path:
@@ -73,6 +78,24 @@ def corpus_text(name: str) -> str:
         raise HparamsError(f"key 'key_corpus': {name!r} is neither a known corpus "
                            f"({sorted(CORPORA)}) nor a text file")
     return path.read_text(encoding="utf-8")
+
+
+def corpus_ids(model, tok, corpus: str, n_tokens: int) -> List[int]:
+    """About ``n_tokens`` token ids of ``corpus`` (parts joined by ``+`` get equal shares;
+    ``self``: the unedited model's own samples after the generic openings, EOS-separated)."""
+    parts = [p.strip() for p in corpus.split("+") if p.strip()]
+    share = -(-n_tokens // max(len(parts), 1))
+    ids: List[int] = []
+    for part in parts:
+        if part == SELF:
+            new = 48
+            texts = sample_generic_text(model, tok, GENERIC_OPENINGS, -(-share // new), new,
+                                        SELF_SEED)
+            got = [t for e in texts for t in e.ids]
+        else:
+            got = tok(corpus_text(part), add_special_tokens=False)["input_ids"]
+        ids += got[:share]
+    return ids
 
 
 def owner(model, param_name: str):
@@ -126,7 +149,9 @@ def _fingerprint(model, skip: Sequence[str]) -> str:
 
 
 def _cache_path(model, module_name: str, corpus: str, n_tokens: int) -> Path:
-    own = [f"{module_name}.{n}" for n, _ in model.get_submodule(module_name).named_parameters()]
+    # the module's own weights do not change its inputs, unless the model writes the corpus
+    own = [] if SELF in corpus.split("+") else [
+        f"{module_name}.{n}" for n, _ in model.get_submodule(module_name).named_parameters()]
     spec = {"model": _fingerprint(model, own), "module": module_name, "corpus": corpus,
             "tokens": n_tokens, "window": WINDOW, "basis": MAX_BASIS, "version": 1}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -138,13 +163,13 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _second_moment(model, tok, module: nn.Module, transposed: bool, text: str,
-                   n_tokens: int, progress: bool) -> tuple:
-    """``(C, tokens)``: the mean of ``k k^T`` over the module's inputs on the first
-    ``n_tokens`` tokens of ``text``, fed in windows of :data:`WINDOW` tokens."""
+def _second_moment(model, module: nn.Module, transposed: bool, ids: Sequence[int],
+                   progress: bool) -> tuple:
+    """``(C, tokens)``: the mean of ``k k^T`` over the module's inputs on the token ids
+    ``ids``, fed in windows of :data:`WINDOW` tokens."""
     from tqdm.auto import tqdm
 
-    ids = tok(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    ids = list(ids)
     windows = [ids[i:i + WINDOW] for i in range(0, len(ids), WINDOW)]
     windows = [w for w in windows if len(w) == WINDOW] or windows[:1]
     d = module.weight.shape[0 if transposed else 1]
@@ -196,8 +221,8 @@ def key_statistics(model, tok, param_name: str, corpus: str, n_tokens: int,
         logger.info("key statistics of %s from the cache (%s)", module_name, path)
         return KeyStats(t["eigvals"], t["basis"], int(t["tokens"].item()))
     logger.info("key statistics of %s: %d tokens of %s", module_name, n_tokens, corpus)
-    c, count = _second_moment(model, tok, module, transposed, corpus_text(corpus), n_tokens,
-                              progress)
+    c, count = _second_moment(model, module, transposed,
+                              corpus_ids(model, tok, corpus, n_tokens), progress)
     vals, vecs = torch.linalg.eigh(c)  # ascending
     vals, vecs = vals.flip(0), vecs.flip(1)[:, :MAX_BASIS]
     stats = KeyStats(vals.float().cpu(), vecs.float().cpu().contiguous(), count)
