@@ -96,13 +96,14 @@ def run_one(args, name: str, sets: list) -> dict:
 
 def report(rows: list) -> str:
     def f(x):
-        return "-" if x is None else f"{x:.3f}"
+        return "-" if x is None or x != x else f"{x:.3f}"
 
     lines = ["| data | N | offset | setting | overrides | reliability | generalization | "
              "locality | NS before -> after | s / edit | peak RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        ns = f"{f(r['ns_before'])} -> {f(r['ns_after'])}" if "ns_after" in r else "-"
+        ns = (f"{f(r['ns_before'])} -> {f(r['ns_after'])}"
+              if r.get("ns_after") == r.get("ns_after") and "ns_after" in r else "-")
         sets = " ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(YAML)"
         lines.append(f"| {r['data']} | {r['n']} | {r['offset']} | {r['setting']} | {sets} | "
                      f"{f(r['reliability'])} | {f(r['generalization'])} | {f(r['locality'])} | "
@@ -110,36 +111,51 @@ def report(rows: list) -> str:
     return "\n".join(lines)
 
 
+def family(setting: str) -> str:
+    """The options a setting turns on, without their values: ``kl4+kp0.003`` -> ``kl+kp``."""
+    import re
+
+    return "+".join(re.sub(r"[\d.]+", "", t) for t in setting.split("+"))
+
+
 def plot(rows: list, path: Path, baselines: Path) -> None:
-    """Reliability against locality, one series per option family (the setting name before
-    its first digit-bearing part), MEMIT and AlphaEdit as points from the runner's rows."""
+    """Reliability against locality: one curve per option family and data split (points
+    joined in order of locality), MEMIT and AlphaEdit (ZsRE, N = 100, the runner's rows) as
+    crosses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for data in sorted({r["data"] for r in rows}):
-        for r in rows:
-            if r["data"] != data or r.get("locality") is None:
-                continue
-            ax.scatter(r["locality"], r["reliability"], s=30)
-            ax.annotate(f"{r['setting']} ({data.split('_')[0]}, {r['n']})",
-                        (r["locality"], r["reliability"]), fontsize=6,
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    series = {}
+    for r in rows:
+        if r.get("locality") is None:
+            continue
+        split = "dev" if r["offset"] else "eval"
+        key = (r["data"].split("_")[0], r["n"], split, family(r["setting"]))
+        series.setdefault(key, []).append(r)
+    for i, (key, rs) in enumerate(sorted(series.items())):
+        rs = sorted(rs, key=lambda r: r["locality"])
+        data, n, split, fam = key
+        ax.plot([r["locality"] for r in rs], [r["reliability"] for r in rs],
+                marker="o" if data == "zsre" else "s", ls="-" if split == "dev" else ":",
+                color=f"C{i % 10}", label=f"{fam} ({data}, {n}, {split})")
+        for r in rs:
+            ax.annotate(r["setting"], (r["locality"], r["reliability"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     for r in read_rows(baselines):
-        method = r.get("method") or r.get("alg")
-        post = r.get("post") or r
-        if method in ("MEMIT", "AlphaEdit") and post.get("locality") is not None \
-                and "zsre" in str(r.get("data", "")) and r.get("n") == 100:
-            ax.scatter(post["locality"], post["reliability"], marker="x", s=50, color="k")
-            ax.annotate(f"{method} (zsre, 100)", (post["locality"], post["reliability"]),
-                        fontsize=7, xytext=(3, -9), textcoords="offset points")
+        if r.get("method") in ("memit", "alphaedit") and r.get("dataset") == "zsre" \
+                and r.get("n") == 100:
+            ax.scatter(r["locality"], r["reliability"], marker="x", s=60, color="k")
+            ax.annotate(f"{r['method']} (zsre, 100)", (r["locality"], r["reliability"]),
+                        fontsize=7, xytext=(4, -10), textcoords="offset points")
     ax.axvline(0.90, ls=":", color="grey")
     ax.axhline(0.99, ls=":", color="grey")
     ax.set_xlabel("locality (EasyEdit neighbourhood score)")
     ax.set_ylabel("reliability (token accuracy)")
     ax.set_title("LocFT-BF locality options, embedded SmolLM2-135M")
+    ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
