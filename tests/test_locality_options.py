@@ -210,3 +210,19 @@ def test_key_options_refuse_tensors_without_keys(tiny_model, tiny_tok, facts, ti
         execute_locft(tiny_model, tiny_tok, facts[:4],
                       _hp(tiny_hp, null_space_rank=4, key_corpus="/no/such/file.txt"),
                       progress=False)
+
+
+def test_fast_equals_reference_with_every_new_option(tiny_model, tiny_tok, facts, tiny_hp):
+    """The neighbour texts (answer positions only) and the key terms go through the fast
+    path's cache exactly as through the plain forward."""
+    hp = dataclasses.replace(_hp(tiny_hp), num_epochs=4, preserve_weight=1.0,
+                             preserve_samples=4, neighbour_weight=2.0, null_space_rank=32,
+                             key_penalty_weight=0.5)
+    fast, rf = execute_locft(tiny_model, tiny_tok, facts[:16], hp, progress=False)
+    ref, rr = execute_locft(tiny_model, tiny_tok, facts[:16],
+                            dataclasses.replace(hp, implementation="reference"), progress=False)
+    assert rf.implementation == "fast" and rr.implementation == "reference"
+    assert rf.epoch_losses == pytest.approx(rr.epoch_losses, rel=1e-5)
+    w0 = dict(tiny_model.named_parameters())[NAME].detach()
+    d_fast, d_ref = fast[NAME] - w0, ref[NAME] - w0
+    assert float((d_fast - d_ref).norm() / d_ref.norm()) <= 1e-4
