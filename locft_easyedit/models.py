@@ -44,9 +44,11 @@ class DefaultModelUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/locft_easyedit`` (``~/.cache/locft_easyedit`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "locft_easyedit"
+    """``$XDG_CACHE_HOME/locft_easyedit`` (``~/.cache/locft_easyedit`` when unset): the
+    method's own cache root (:func:`.locft.keys.cache_root`), shared with the key statistics."""
+    from .locft.keys import cache_root
+
+    return cache_root()
 
 
 def _gguf_from_installed_package() -> Path | None:
