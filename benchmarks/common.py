@@ -5,6 +5,8 @@ tiny test configuration.
   :func:`data_path` names both when a file is missing;
 * models: :func:`load` gives ``(model, tokenizer, model_dir)`` for ``tiny`` (the random Llama
   of the tests), ``embedded:smollm2-135m`` or a local model folder;
+* :func:`corpus_parts`: the local text (CPython's pydoc_data) split into statistics and
+  held-out parts;
 * :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model;
 * ``--set KEY=VALUE`` overrides of hparams fields: :func:`add_set_argument`,
   :func:`with_overrides`.
@@ -25,6 +27,7 @@ if str(REPO) not in sys.path:  # use this checkout's package without installing 
 DATA_ENV = "LOCFT_SHARED_DATA"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 TINY = "tiny"
+CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
 TINY_NAME = "tiny-llama"  # the tiny model's _name_or_path (EasyEdit's stats path is built from it)
 
 
@@ -41,6 +44,16 @@ def data_path(name: str) -> Path:
             f"data file {path} is missing: set {DATA_ENV} to the folder that holds {name} "
             f"(unset, it is {DEFAULT_DATA_DIR})")
     return path
+
+
+def corpus_parts():
+    """``(stats_text, heldout_text)``: pydoc_data.topics in sorted-key order, split by chars
+    at ``CORPUS_SPLIT`` (statistics for MEMIT/AlphaEdit before it, held-out text after)."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    cut = int(len(text) * CORPUS_SPLIT)
+    return text[:cut], text[cut:]
 
 
 def load(model_arg: str, device=None, dtype=None):

@@ -8,8 +8,10 @@ each): edit quality (reliability, generalization, locality) and what the edits c
 and for CounterFact rows the papers' probability scores (ES / PS / NS, before and after).
 ``--answers`` adds what greedy generation said to each row's first prompts. ``--plots DIR``
 writes ``reliability_vs_n.png`` (reliability and generalization, token accuracy and
-generation exact match, per dataset), ``retention_vs_n.png`` (locality, NQ token accuracy and
-held-out perplexity after editing) and ``seconds_per_edit_vs_n.png``.
+generation exact match, per dataset), ``retention_vs_n.png`` (locality, known-fact accuracy
+and held-out word perplexity after editing, through lm-eval), ``seconds_per_edit_vs_n.png``
+and ``pareto_reliability_locality.png`` (one point per method and N, with the 95% intervals
+over edits). A figure with an interval reads ``value (low-high)``.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
 PROBS = [(f"{k}_{w}", f"{label} {w}") for k, label in
          (("efficacy_score", "ES"), ("paraphrase_score", "PS"), ("neighborhood_score", "NS"))
          for w in ("before", "after")]
-COST = [("nq_token_acc_before", "NQ tok before"), ("nq_token_acc_after", "NQ tok after"),
-        ("nq_em_before", "NQ EM before"), ("nq_em_after", "NQ EM after"),
-        ("ppl_before", "ppl before"), ("ppl_after", "ppl after"),
+COST = [("cap_known_facts_acc_after", "known facts after"),
+        ("cap_heldout_text_word_perplexity_before", "word ppl before"),
+        ("cap_heldout_text_word_perplexity_after", "word ppl after"),
         ("seconds_per_edit", "s/edit"), ("peak_rss_mb", "peak MB"),
         ("load_avg_1min_at_start", "load at start")]
 
@@ -50,12 +52,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ci_key(key: str) -> str:
+    return key + "_ci95"
+
+
+def _with_ci(r: dict, key: str) -> str:
+    """The value, and its 95% interval when the row has one: ``0.644 (0.611-0.676)``."""
+    ci = r.get(_ci_key(key))
+    if ci is None or r.get(key) is None:
+        return _fmt(r.get(key))
+    return f"{_fmt(r[key])} ({_fmt(float(ci[0]))}-{_fmt(float(ci[1]))})"
+
+
 def table(rows, columns=QUALITY) -> str:
     head = ["dataset", "N", "method"] + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         method = r["method"] + (" (stand-in)" if "implementation" in r else "")
-        cells = [r["dataset"], str(r["n"]), method] + [_fmt(r.get(k)) for k, _ in columns]
+        cells = [r["dataset"], str(r["n"]), method] + [_with_ci(r, k) for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -132,15 +146,17 @@ def plots(rows, out_dir) -> list:
             panel(axes[i][j], ds, key, title)
     first = save(fig, axes, "reliability_vs_n.png")
     kept = [("locality", "locality (neighbourhood, token acc)", False),
-            ("nq_token_acc_after", "NQ answers after (token acc)", False),
-            ("ppl_after", "held-out perplexity after", True)]
+            ("cap_known_facts_acc_after", "known facts after (lm-eval acc)", False),
+            ("cap_heldout_text_word_perplexity_after", "held-out word perplexity after",
+             True)]
     fig, axes = plt.subplots(len(datasets), len(kept), squeeze=False,
                              figsize=(4 * len(kept), 3.4 * len(datasets)))
     for i, ds in enumerate(datasets):
         for j, (key, title, log_y) in enumerate(kept):
             panel(axes[i][j], ds, key, title, log_y=log_y)
             if key != "locality":  # the unedited model's value, for reference
-                before = [r[key.replace("after", "before")] for r in rows if r["dataset"] == ds]
+                before = [r[key.replace("after", "before")] for r in rows
+                          if r["dataset"] == ds and key.replace("after", "before") in r]
                 if before:
                     axes[i][j].axhline(before[0], color="grey", ls="--", lw=1,
                                        label="before editing")
@@ -149,7 +165,33 @@ def plots(rows, out_dir) -> list:
     for i, ds in enumerate(datasets):
         panel(axes[0][i], ds, "seconds_per_edit", "seconds per edit (CPU)", log_y=True)
     second = save(fig, axes, "seconds_per_edit_vs_n.png")
-    return [first, retention, second]
+    fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5 * len(datasets), 4))
+    for i, ds in enumerate(datasets):
+        ax = axes[0][i]
+        for m in methods:
+            pts = [r for r in rows if r["dataset"] == ds and r["method"] == m
+                   and r.get("locality") is not None]
+            for r in pts:  # one point per N, with its intervals over edits where it has them
+                xerr = yerr = None
+                if r.get("locality_ci95"):
+                    lo, hi = r["locality_ci95"]
+                    xerr = [[r["locality"] - lo], [hi - r["locality"]]]
+                if r.get("reliability_ci95"):
+                    lo, hi = r["reliability_ci95"]
+                    yerr = [[r["reliability"] - lo], [hi - r["reliability"]]]
+                ax.errorbar(r["locality"], r["reliability"], xerr=xerr, yerr=yerr, fmt="o",
+                            color=f"C{METHOD_ORDER.index(m) if m in METHOD_ORDER else 9}",
+                            label=m, capsize=2)
+                ax.annotate(f"N={r['n']}", (r["locality"], r["reliability"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel("locality (neighbourhood, token acc)")
+        ax.set_ylabel("reliability (token acc)")
+        ax.set_title(f"{ds}: reliability vs locality (upper right is better)", fontsize=9)
+        ax.grid(alpha=0.3)
+    pareto = save(fig, axes, "pareto_reliability_locality.png")
+    return [first, retention, second, pareto]
 
 
 def main(argv=None) -> str:

@@ -12,10 +12,13 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
   after: efficacy and paraphrase score (share of prompts where the new target is more probable
   than the true object) and neighbourhood score (share of neighbourhood prompts where the true
   object stays more probable than the new target), mean token log-probabilities;
-* capability retention: NQ answer accuracy on ZsRE ``loc`` questions that no run edits
-  (records 1900..1999 of zsre_2k.json; greedy generation EM vs ``loc_ans``, plus token
-  accuracy), and perplexity on held-out text (the last 10% of CPython's
-  ``pydoc_data.topics``), both before and after;
+* capability retention through lm-evaluation-harness (``benchmarks/capability.py``), before
+  and after: perplexity of held-out text (the last 10% of CPython's ``pydoc_data.topics``)
+  and accuracy on known facts no run edits (CounterFact records 1500..1999 the unedited
+  model gets right); ``--lm-eval-tasks`` names hub tasks instead (MMLU, GSM8K, ... where a
+  hub is reachable);
+* a 95% bootstrap interval over edits for every edit score (``*_ci95``, 1,000 resamples of
+  the edits, :mod:`locft_easyedit.intervals`), over documents for the capability figures;
 * seconds per edit (editing only) and the peak resident memory of the run (ru_maxrss).
 
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
@@ -47,16 +50,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
-from common import REPO, TINY, data_dir, data_path, load, tiny_hparams  # noqa: E402
+from common import (CORPUS_SPLIT, REPO, TINY, corpus_parts, data_dir, data_path,  # noqa: E402
+                    load, tiny_hparams)
 
 DATA_DIR = data_dir()  # the shared data folder (common.data_dir; the tests read it here)
-DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json"}
+DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
+              "wikibigedit": "wikibigedit_2k.json"}
 METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
-CAPABILITY_RECORDS = (1900, 2000)  # ZsRE loc questions never edited (N <= 1900)
-CAPABILITY_FRAME = "Question: {}?\nAnswer:"
-CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
-PPL_WINDOW, PPL_WINDOWS = 256, 16  # perplexity on 16 x 256 held-out tokens
 STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
 EMBEDDED = "embedded:smollm2-135m"
 SAMPLE_ANSWERS = 8  # each row keeps the greedy answers to its first 8 edit prompts
@@ -64,36 +65,11 @@ SAMPLE_ANSWERS = 8  # each row keeps the greedy answers to its first 8 edit prom
 logger = logging.getLogger("benchmarks.run")
 
 
-# --- corpus -----------------------------------------------------------------------------------
-def corpus_parts():
-    """``(stats_text, heldout_text)``: pydoc_data.topics in sorted-key order, split by chars."""
-    from pydoc_data.topics import topics
-
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    cut = int(len(text) * CORPUS_SPLIT)
-    return text[:cut], text[cut:]
-
-
+# --- corpus (common.corpus_parts: statistics part, held-out part) ---------------------------
 def _token_chunks(tok, text: str, window: int, limit: int):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     ids = ids[: limit * window]
     return [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
-
-
-def perplexity(model, tok) -> float:
-    import torch
-
-    from locft_easyedit.locft.modeling import input_device
-
-    chunks = _token_chunks(tok, corpus_parts()[1], PPL_WINDOW, PPL_WINDOWS)
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for c in chunks:
-            ids = torch.tensor([c], device=input_device(model))
-            loss = model(input_ids=ids, labels=ids).loss
-            nll += float(loss) * (len(c) - 1)
-            count += len(c) - 1
-    return float(torch.exp(torch.tensor(nll / count)))
 
 
 def stats_cache_path(stats_dir: Path, model, layer_name: str, ds_name: str,
@@ -200,16 +176,6 @@ def requests_for(dataset: str, n: int):
     return out
 
 
-def capability_questions():
-    from locft_easyedit.datasets import from_zsre, read_json
-
-    recs = read_json(data_path(DATA_FILES["zsre"]))[slice(*CAPABILITY_RECORDS)]
-    pairs = [from_zsre(r)["locality"]["neighborhood"] for r in recs if r.get("loc")]
-    # a QA frame: asked bare, the instruct model starts with a newline (an empty answer)
-    return ([CAPABILITY_FRAME.format(p["prompt"]) for p in pairs],
-            [p["ground_truth"] for p in pairs])
-
-
 def locft_hparams(method: str, model_arg: str, hparams_path: str):
     from locft_easyedit import LocFTHyperParams
 
@@ -258,25 +224,40 @@ def stats_root() -> Path:
 
 
 # --- one row ---------------------------------------------------------------------------------
-def baseline(model, tok, model_arg: str, out: Path) -> dict:
-    """Capability before editing (NQ EM / token acc, held-out perplexity), cached per model."""
-    path = out.parent / f"baseline_{model_arg.replace(':', '_')}.json"
+def baseline(model, tok, model_arg: str, out: Path, tasks=None) -> dict:
+    """Capability of the unedited model (``benchmarks/capability.py``) and the known facts it
+    selects, cached per model (and task list) beside ``out``; recomputed when the capability
+    protocol changed."""
+    import capability as cap
+
+    tag = model_arg.replace(":", "_") + ("" if tasks is None else "_" + "+".join(tasks))
+    path = out.parent / f"capability_baseline_{tag}.json"
     if path.is_file():
-        return json.loads(path.read_text())
-    res = capability(model, tok)
+        res = json.loads(path.read_text())
+        if res.get("capability_protocol") == cap.PROTOCOL:
+            return res
+    known = None if tasks else cap.known_facts(model, tok)
+    res = {**capability(model, tok, known, tasks), "known_records": known}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res))
     return res
 
 
-def capability(model, tok) -> dict:
-    from locft_easyedit.evaluate import exact_match, token_accuracy
+def capability(model, tok, known, tasks=None) -> dict:
+    """``cap_*`` fields of ``model`` (lm-eval on the local tasks, or on ``tasks``)."""
+    import capability as cap
 
-    qs, ans = capability_questions()
-    em = exact_match(model, tok, qs, ans, progress=True)
-    acc = token_accuracy(model, tok, qs, ans)
-    return {"nq_em": sum(em) / len(em), "nq_token_acc": sum(acc) / len(acc),
-            "nq_questions": len(qs), "ppl": perplexity(model, tok)}
+    return cap.capability(model, tok, known, tasks=tasks)
+
+
+def when_fields(fields: dict, when: str) -> dict:
+    """``cap_x`` -> ``cap_x_<when>``, ``cap_x_ci95`` -> ``cap_x_<when>_ci95``."""
+    out = {}
+    for k, v in fields.items():
+        if k.startswith("cap_"):
+            base, ci = (k[:-5], "_ci95") if k.endswith("_ci95") else (k, "")
+            out[f"{base}_{when}{ci}"] = v
+    return out
 
 
 def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
@@ -336,6 +317,7 @@ def run_one(args) -> dict:
     import torch
 
     from locft_easyedit.evaluate import edit_and_score
+    from locft_easyedit.intervals import RESAMPLES, bootstrap_ci
 
     method, dataset, n = args.one
     n = int(n)
@@ -344,7 +326,8 @@ def run_one(args) -> dict:
     requests = requests_for(dataset, n)  # data problems surface before the model loads
     model, tok, model_dir = load(args.model)
     out = Path(args.out).resolve()
-    before_cap = baseline(model, tok, args.model, out)
+    tasks = args.lm_eval_tasks or None
+    before_cap = baseline(model, tok, args.model, out, tasks)
     done = {}
 
     def edit(m):
@@ -357,22 +340,26 @@ def run_one(args) -> dict:
     # SAMPLE_ANSWERS prompts (the row keeps those after editing: what generation says, to read)
     scored = edit_and_score(model, tok, requests, edit, generation=True,
                             probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
-                            progress=True)
+                            progress=True, per_edit=True)
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
-    post = {k: v for k, v in scored.after.items() if k != "probability"}
-    probs = {when: d["probability"] for when, d in
-             (("before", scored.before), ("after", scored.after)) if "probability" in d}
+    post = {k: v for k, v in scored.after.items() if k not in ("probability", "per_edit")}
+    probs = {when: {k: v for k, v in d["probability"].items() if k != "per_edit"}
+             for when, d in (("before", scored.before), ("after", scored.after))
+             if "probability" in d}
+    per_edit = dict(scored.after["per_edit"])
+    if "probability" in scored.after:
+        per_edit.update({f"{k}_after": v for k, v in
+                         scored.after["probability"]["per_edit"].items()})
+    intervals = {f"{k}_ci95": v for k, v in bootstrap_ci(per_edit).items()}
     sample = requests[:SAMPLE_ANSWERS]
-    after_cap = capability(model, tok)
+    after_cap = capability(model, tok, before_cap["known_records"], tasks)
     return {"method": method, "dataset": dataset, "n": n, "model": args.model,
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
-            "nq_em_before": before_cap["nq_em"], "nq_em_after": after_cap["nq_em"],
-            "nq_token_acc_before": before_cap["nq_token_acc"],
-            "nq_token_acc_after": after_cap["nq_token_acc"],
-            "nq_questions": after_cap["nq_questions"],
-            "ppl_before": before_cap["ppl"], "ppl_after": after_cap["ppl"],
-            "ppl_text": f"pydoc_data.topics last {100 - CORPUS_SPLIT * 100:.0f}%, "
-                        f"{PPL_WINDOWS}x{PPL_WINDOW} tokens",
+            **intervals, "bootstrap_resamples": RESAMPLES,
+            **when_fields(before_cap, "before"), **when_fields(after_cap, "after"),
+            "capability_protocol": after_cap["capability_protocol"],
+            **({"lm_eval_tasks": tasks} if tasks else {}),
+            "lm_eval_version": after_cap["lm_eval_version"],
             "seconds": seconds, "seconds_per_edit": seconds / n,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(),
@@ -400,7 +387,8 @@ def settings_digest(method: str, locft_yaml: str) -> str:
 
 
 def row_key(r: dict) -> tuple:
-    return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"))
+    return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"),
+            tuple(r.get("lm_eval_tasks") or ()))
 
 
 def finished(out: Path) -> set:
@@ -434,6 +422,9 @@ def main(argv=None) -> list:
                     help="LocFT YAML for locft-bf / locft-df")
     ap.add_argument("--out", default=str(HERE / "results" / "edit_quality.jsonl"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--lm-eval-tasks", nargs="+", default=[], metavar="TASK",
+                    help="lm-eval task names for capability instead of the local tasks "
+                         "(e.g. mmlu gsm8k nq_open; their data come from a hub)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter for the runs (e.g. the EasyEdit venv's python)")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "DATASET", "N"), help=argparse.SUPPRESS)
@@ -458,7 +449,7 @@ def main(argv=None) -> list:
 
     for method, dataset, n in tqdm(grid, desc="benchmark rows", unit="row"):
         digest = settings_digest(method, args.hparams)
-        if (method, dataset, n, args.model, digest) in done:
+        if (method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks)) in done:
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in ("rome", "memit", "alphaedit"):
@@ -468,6 +459,7 @@ def main(argv=None) -> list:
         cmd = [args.python, str(Path(__file__).resolve()), "--one", method, dataset, str(n),
                "--model", args.model, "--hparams", str(Path(args.hparams).resolve()),
                "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
                     if line.startswith("ROW ")), None)

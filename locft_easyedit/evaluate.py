@@ -145,60 +145,94 @@ def locality_scores(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor
     return [float((a == b).float().mean()) for a, b in zip(before, after)]
 
 
-def probability_scores(model, tok, requests: Sequence[dict], **kw) -> Dict[str, float]:
+def probability_scores(model, tok, requests: Sequence[dict], per_edit: bool = False,
+                       **kw) -> Dict[str, Any]:
     """CounterFact's probability comparisons (ROME/MEMIT/AlphaEdit papers), for requests with
     a string ``ground_truth`` (the true object): the share of prompts where the model prefers
     ``target_new`` to the true object (mean token log-probability), on the edit prompts
     (``efficacy_score``) and paraphrases (``paraphrase_score``), and the share of locality
     prompts where it still prefers the true object to the edit's ``target_new``
-    (``neighborhood_score``; locality prompts answered by the same true object only)."""
-    def prefer(pairs):  # share of (prompt, good, bad) where good beats bad
-        if not pairs:
-            return float("nan")
-        prompts = [p for p, _, _ in pairs]
-        good = target_logprobs(model, tok, prompts, [g for _, g, _ in pairs], **kw)
-        bad = target_logprobs(model, tok, prompts, [b for _, _, b in pairs], **kw)
-        return sum(g > b for g, b in zip(good, bad)) / len(pairs)
+    (``neighborhood_score``; locality prompts answered by the same true object only).
+    ``per_edit`` adds :func:`per_request` lists under ``"per_edit"``."""
+    def prefer(triples):  # per request: [wins, comparisons] of (owner, prompt, good, bad)
+        if not triples:
+            return per_request([], [], len(requests))
+        prompts = [p for _, p, _, _ in triples]
+        good = target_logprobs(model, tok, prompts, [g for _, _, g, _ in triples], **kw)
+        bad = target_logprobs(model, tok, prompts, [b for _, _, _, b in triples], **kw)
+        return per_request([float(g > b) for g, b in zip(good, bad)],
+                           [i for i, _, _, _ in triples], len(requests))
 
     ok = [i for i, r in enumerate(requests) if isinstance(r.get("ground_truth"), str)
           and r["ground_truth"].strip() and r["ground_truth"] != r["target_new"]]
-    edit = [(requests[i]["prompt"], requests[i]["target_new"], requests[i]["ground_truth"])
+    edit = [(i, requests[i]["prompt"], requests[i]["target_new"], requests[i]["ground_truth"])
             for i in ok]
-    para = [(requests[i]["rephrase_prompt"], requests[i]["target_new"],
+    para = [(i, requests[i]["rephrase_prompt"], requests[i]["target_new"],
              requests[i]["ground_truth"]) for i in ok if requests[i].get("rephrase_prompt")]
     ok = set(ok)
-    neigh = [(p, g, requests[i]["target_new"]) for i, p, g in _locality_pairs(requests)
+    neigh = [(i, p, g, requests[i]["target_new"]) for i, p, g in _locality_pairs(requests)
              if i in ok and g == requests[i]["ground_truth"]]
-    return {"efficacy_score": prefer(edit), "paraphrase_score": prefer(para),
-            "neighborhood_score": prefer(neigh), "neighborhood_prompts": len(neigh)}
+    per = {"efficacy_score": prefer(edit), "paraphrase_score": prefer(para),
+           "neighborhood_score": prefer(neigh)}
+    out: Dict[str, Any] = {k: pooled_mean(v) for k, v in per.items()}
+    out["neighborhood_prompts"] = len(neigh)
+    if per_edit:
+        out["per_edit"] = per
+    return out
+
+
+def per_request(scores: Sequence[float], owners: Sequence[int], n: int) -> List[List[float]]:
+    """``[sum, count]`` of ``scores`` per request (``owners[j]`` is the index of the request
+    ``scores[j]`` belongs to): the unit a bootstrap over edits resamples."""
+    out = [[0.0, 0] for _ in range(n)]
+    for s, i in zip(scores, owners):
+        out[i][0] += s
+        out[i][1] += 1
+    return out
+
+
+def pooled_mean(per: Sequence[Sequence[float]]) -> float:
+    """Mean of every score of :func:`per_request`'s lists (NaN when there is none)."""
+    count = sum(c for _, c in per)
+    return sum(s for s, _ in per) / count if count else float("nan")
 
 
 def evaluate_requests(model, tok, requests: Sequence[dict],
                       locality_before: Optional[Sequence[torch.Tensor]] = None,
                       generation: bool = True, batch_size: int = 32,
-                      progress: bool = False) -> Dict[str, float]:
+                      progress: bool = False, per_edit: bool = False) -> Dict[str, Any]:
     """Mean scores over ``requests``: ``reliability`` / ``generalization`` (token accuracy),
     ``reliability_em`` / ``generalization_em`` (generation exact match, if ``generation``),
-    ``locality`` (when ``locality_before`` is given)."""
+    ``locality`` (when ``locality_before`` is given). ``per_edit`` adds, under
+    ``"per_edit"``, each score's :func:`per_request` list (for intervals over edits)."""
     kw = {"batch_size": batch_size, "progress": progress}
+    n = len(requests)
+    every = list(range(n))
     prompts = [r["prompt"] for r in requests]
     targets = [r["target_new"] for r in requests]
-    reph = [(r["rephrase_prompt"], r["target_new"]) for r in requests if r.get("rephrase_prompt")]
+    reph = [i for i, r in enumerate(requests) if r.get("rephrase_prompt")]
+    reph_prompts = [requests[i]["rephrase_prompt"] for i in reph]
+    reph_targets = [requests[i]["target_new"] for i in reph]
 
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-
-    out = {"n": len(requests),
-           "reliability": mean(token_accuracy(model, tok, prompts, targets, **kw))}
+    per = {"reliability": per_request(token_accuracy(model, tok, prompts, targets, **kw),
+                                      every, n)}
     if reph:
-        out["generalization"] = mean(token_accuracy(model, tok, *zip(*reph), **kw))
+        per["generalization"] = per_request(
+            token_accuracy(model, tok, reph_prompts, reph_targets, **kw), reph, n)
     if generation:
-        out["reliability_em"] = mean(exact_match(model, tok, prompts, targets, **kw))
+        per["reliability_em"] = per_request(exact_match(model, tok, prompts, targets, **kw),
+                                            every, n)
         if reph:
-            out["generalization_em"] = mean(exact_match(model, tok, *zip(*reph), **kw))
+            per["generalization_em"] = per_request(
+                exact_match(model, tok, reph_prompts, reph_targets, **kw), reph, n)
     if locality_before is not None:
-        out["locality"] = mean(locality_scores(locality_before,
-                                               locality_snapshot(model, tok, requests, **kw)))
+        owners = [i for i, _, _ in _locality_pairs(requests)]
+        per["locality"] = per_request(
+            locality_scores(locality_before, locality_snapshot(model, tok, requests, **kw)),
+            owners, n)
+    out: Dict[str, Any] = {"n": n, **{k: pooled_mean(v) for k, v in per.items()}}
+    if per_edit:
+        out["per_edit"] = per
     return out
 
 
@@ -220,7 +254,7 @@ class EditReport:
 def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], Any],
                    generation: bool = True, pre_scores: bool = False,
                    probabilities: bool = False, answers: int = 0,
-                   progress: bool = False) -> EditReport:
+                   progress: bool = False, per_edit: bool = False) -> EditReport:
     """Snapshot the unedited model, run ``edit(model)`` (timed), score the edited one.
 
     ``edit`` returns the edited model, or ``(edited_model, weights_copy)`` as EasyEdit's
@@ -228,7 +262,8 @@ def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], A
     the locality snapshot, ``pre_scores`` (teacher-forced scores of the unedited model),
     ``probabilities`` (CounterFact's probability scores) and the greedy answers to the first
     ``answers`` prompts. After it: :func:`evaluate_requests` (with generation exact match
-    when ``generation``), the probability scores and the answers again."""
+    when ``generation``), the probability scores and the answers again; ``per_edit`` keeps
+    each score's per-request lists in ``after`` (see :func:`evaluate_requests`)."""
     kw = {"progress": progress}
     prompts = [r["prompt"] for r in requests[:answers]]
     loc_before = locality_snapshot(model, tok, requests, **kw)
@@ -243,9 +278,10 @@ def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], A
     out = edit(model)
     seconds = time.perf_counter() - t0
     model, weights_copy = out if isinstance(out, tuple) else (out, {})
-    after = evaluate_requests(model, tok, requests, loc_before, generation=generation, **kw)
+    after = evaluate_requests(model, tok, requests, loc_before, generation=generation,
+                              per_edit=per_edit, **kw)
     if probabilities:
-        after["probability"] = probability_scores(model, tok, requests, **kw)
+        after["probability"] = probability_scores(model, tok, requests, per_edit=per_edit, **kw)
     answers_after = generate_answers(model, tok, prompts, **kw) if prompts else []
     return EditReport(model, weights_copy, seconds, before, after, answers_before,
                       answers_after)

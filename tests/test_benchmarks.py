@@ -41,10 +41,20 @@ def test_rows_have_sane_metrics(rows):
     assert [(r["method"], r["dataset"], r["n"]) for r in got] == [
         ("locft-bf", "zsre", 10), ("ft-m", "zsre", 10)]
     for r in got:
-        assert r["nq_questions"] == 100
-        assert r["nq_em_before"] == 0.0  # the random tiny model answers no NQ question
-        for key in ("ppl_before", "ppl_after"):
-            assert math.isfinite(r[key]) and r[key] > 1.0
+        # capability through lm-eval: the known facts are those the unedited model gets
+        # right (accuracy 1 before, by construction), over documents from CounterFact
+        assert r["cap_known_facts_acc_before"] == 1.0
+        assert r["cap_known_facts_docs_before"] == r["cap_known_facts_docs_after"] > 100
+        assert r["cap_heldout_text_docs_after"] == 23  # 46K held-out characters, 2K each
+        for when in ("before", "after"):
+            ppl = r[f"cap_heldout_text_word_perplexity_{when}"]
+            low, high = r[f"cap_heldout_text_word_perplexity_{when}_ci95"]
+            assert math.isfinite(ppl) and ppl > 1.0 and low < ppl < high
+        # every edit score has its interval over edits, around the score itself
+        for key in ("reliability", "generalization", "reliability_em", "locality"):
+            low, high = r[key + "_ci95"]
+            assert low <= r[key] <= high, key
+        assert r["bootstrap_resamples"] == 1000
         assert r["seconds_per_edit"] > 0 and r["peak_rss_mb"] > 50
         assert r["command"].startswith("python benchmarks/run.py --methods " + r["method"])
         assert [a["target"] for a in r["answers_sample"]] == [a["target"] for a in
@@ -53,7 +63,10 @@ def test_rows_have_sane_metrics(rows):
                                                      for a in r["answers_sample"])
     bf = got[0]
     assert bf["reliability"] > 0.5  # the tiny model learns the edits a little
-    assert got[0]["ppl_before"] == got[1]["ppl_before"]  # one baseline for every row
+    # one baseline for every row
+    assert got[0]["cap_heldout_text_bits_per_byte_before"] == \
+        got[1]["cap_heldout_text_bits_per_byte_before"]
+    assert 0.0 < got[0]["cap_known_facts_acc_after"] < 1.0  # the edits cost some known facts
 
 
 def test_locft_row_scores_are_those_of_the_same_edit_done_directly(rows):
@@ -64,7 +77,7 @@ def test_locft_row_scores_are_those_of_the_same_edit_done_directly(rows):
     from locft_easyedit import apply_locft_to_model
     from locft_easyedit.evaluate import edit_and_score
 
-    _, got, run, _ = rows
+    out, got, run, _ = rows
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -73,15 +86,18 @@ def test_locft_row_scores_are_those_of_the_same_edit_done_directly(rows):
         hp = run.locft_hparams("locft-bf", "tiny", None)
         report = edit_and_score(model, tok, requests, generation=True, edit=lambda m:
                                 apply_locft_to_model(m, tok, requests, hp, progress=False))
-        capability = run.capability(model, tok)
+        known = json.loads((out.parent / "capability_baseline_tiny.json").read_text())
+        capability = run.capability(model, tok, known["known_records"])
     finally:
         torch.set_num_threads(threads)
     bf = got[0]
     for key in ("reliability", "generalization", "reliability_em", "generalization_em",
                 "locality"):
         assert bf[key] == report.after[key], key
-    assert (bf["nq_em_after"], bf["nq_token_acc_after"], bf["ppl_after"]) == \
-        (capability["nq_em"], capability["nq_token_acc"], capability["ppl"])
+    for key in ("cap_known_facts_acc", "cap_heldout_text_word_perplexity",
+                "cap_heldout_text_word_perplexity_ci95"):
+        assert bf[key.replace("_ci95", "_after_ci95") if key.endswith("_ci95")
+                  else key + "_after"] == capability[key], key
 
 
 def test_rerun_skips_finished_rows(rows):
@@ -95,10 +111,14 @@ def test_report_table_and_plots(rows, tmp_path):
     report = _load("report")
     text = report.main([str(out), "--plots", str(tmp_path), "--answers"])
     assert text.count("\n| zsre | 10 |") == 4  # two rows in each of the two tables
-    assert text.count("| rel (tok) |") == 1 and text.count("| ppl after |") == 1
+    assert text.count("| rel (tok) |") == 1 and text.count("| word ppl after |") == 1
+    bf = got[0]  # a figure with its interval over edits
+    assert f"| {report._fmt(bf['reliability'])} ({report._fmt(bf['reliability_ci95'][0])}-" \
+        in text
     first = got[0]["answers_sample"][0]
     assert f"| {first['target']} |" in text  # the sample answers, next to their targets
-    for name in ("reliability_vs_n.png", "retention_vs_n.png", "seconds_per_edit_vs_n.png"):
+    for name in ("reliability_vs_n.png", "retention_vs_n.png", "seconds_per_edit_vs_n.png",
+                 "pareto_reliability_locality.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -115,7 +135,7 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
     assert run.settings_digest("locft-bf", str(commented)) == bf["settings_sha256"]
     changed = tmp_path / "changed.yaml"
     changed.write_text(shipped.read_text() + "\nseed: 7\n")
-    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)))
+    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)), ())
     assert key != run.row_key(bf) and key not in run.finished(out)
     ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
     assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(changed))
