@@ -50,6 +50,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
+from resume import ChunkState, Paused  # noqa: E402
 from common import (CORPUS_SPLIT, REPO, TINY, corpus_parts, data_dir, data_path,  # noqa: E402
                     load, tiny_hparams)
 
@@ -60,6 +61,8 @@ METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
 STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
 EMBEDDED = "embedded:smollm2-135m"
+SAVE_EVERY = {"rome": 10, "ft-m": 10}  # calls between saved states (others: every call)
+PAUSED = 3  # exit status of a row that ran out of --max-minutes (its state is saved)
 SAMPLE_ANSWERS = 8  # each row keeps the greedy answers to its first 8 edit prompts
 
 logger = logging.getLogger("benchmarks.run")
@@ -303,13 +306,29 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         tok.pad_token = tok.eos_token
     size = 1 if method in ("ft-m", "rome") else hp.batch_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
-    kw = {"reset_cache": True}  # AlphaEdit: fresh cache_c for this run
-    for chunk in tqdm(chunks, desc=f"{method} edits", unit="call"):
-        kwargs = dict(kw) if method == "alphaedit" else {}
-        fn(model, tok, copy.deepcopy(chunk), hp, copy=False, return_orig_weights=False,
+    module = sys.modules[fn.__module__]  # its globals carry state between calls
+    state = ChunkState(args.state) if args.state else None
+    done, spent, runs = state.load(model, hp, method, module) if state else (0, 0.0, 0)
+    if done:
+        logger.info("%s: resuming after %d of %d calls (%.0f s of editing in %d earlier "
+                    "run(s))", method, done, len(chunks), spent, runs)
+    every = SAVE_EVERY.get(method, 1)
+    t0 = time.perf_counter()
+    for k in tqdm(range(done, len(chunks)), initial=done, total=len(chunks),
+                  desc=f"{method} edits", unit="call"):
+        # AlphaEdit: a fresh cache_c on the first call of the row (not of a resumed run)
+        kwargs = {"reset_cache": k == 0} if method == "alphaedit" else {}
+        fn(model, tok, copy.deepcopy(chunks[k]), hp, copy=False, return_orig_weights=False,
            keep_original_weight=True, **kwargs)
-        kw = {}
+        if state and ((k + 1) % every == 0 or k + 1 == len(chunks)):
+            elapsed = time.perf_counter() - t0
+            state.save(model, hp, method, module, k + 1, spent + elapsed, runs + 1)
+            if args.max_minutes and elapsed > 60 * args.max_minutes and k + 1 < len(chunks):
+                raise Paused(f"{method}: {k + 1} of {len(chunks)} calls done, state in "
+                             f"{state.folder}")
     extra["easyedit_calls"] = len(chunks)
+    if runs:
+        extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
     return hp_path, extra
 
 
@@ -342,6 +361,7 @@ def run_one(args) -> dict:
                             probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
                             progress=True, per_edit=True)
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
+    seconds += extra.pop("seconds_in_earlier_runs", 0.0)  # a resumed row: its whole editing
     post = {k: v for k, v in scored.after.items() if k not in ("probability", "per_edit")}
     probs = {when: {k: v for k, v in d["probability"].items() if k != "per_edit"}
              for when, d in (("before", scored.before), ("after", scored.after))
@@ -401,6 +421,12 @@ def finished(out: Path) -> set:
     return done
 
 
+def state_folder(out: Path, method: str, dataset: str, n: int, model: str, digest: str) -> Path:
+    """Where a chunked row keeps its resumable state (beside ``out``, git-ignored)."""
+    tag = f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
+    return out.parent / "tmp" / "resume" / tag
+
+
 def easyedit_available(python: str) -> str | None:
     """None if ``python`` imports easyeditor, else the reason."""
     r = subprocess.run([python, "-c", "import easyeditor"], capture_output=True, text=True)
@@ -427,6 +453,11 @@ def main(argv=None) -> list:
                          "(e.g. mmlu gsm8k nq_open; their data come from a hub)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter for the runs (e.g. the EasyEdit venv's python)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M) after "
+                         "the first call that ends past this many minutes of editing; its "
+                         "state is saved and the same command goes on from there")
+    ap.add_argument("--state", help=argparse.SUPPRESS)  # a row's state folder (set by main)
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "DATASET", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -435,7 +466,11 @@ def main(argv=None) -> list:
 
         torch.set_num_threads(args.threads)
     if args.one:
-        row = run_one(args)
+        try:
+            row = run_one(args)
+        except Paused as exc:
+            logger.warning("paused: %s; run the same command again to go on", exc)
+            raise SystemExit(PAUSED)
         print("ROW " + json.dumps(row), flush=True)
         return [row]
 
@@ -460,9 +495,16 @@ def main(argv=None) -> list:
                "--model", args.model, "--hparams", str(Path(args.hparams).resolve()),
                "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
         cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
+        cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+        state = ChunkState(state_folder(out, method, dataset, n, args.model, digest))
+        cmd += ["--state", str(state.folder)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
                     if line.startswith("ROW ")), None)
+        if proc.returncode == PAUSED:
+            logger.warning("%s %s N=%d paused (--max-minutes); state kept in %s: run the "
+                           "same command again to go on", method, dataset, n, state.folder)
+            continue
         if proc.returncode != 0 or row is None:
             logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
                          proc.returncode)
@@ -473,6 +515,7 @@ def main(argv=None) -> list:
                                   + (["--threads", str(args.threads)] if args.threads else []))
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
+        state.clear()
         rows.append(row)
         logger.info("%s %s N=%d: rel %.3f (EM %.3f) gen %.3f (EM %.3f) loc %.3f, %.2f s/edit",
                     method, dataset, n, row["reliability"], row["reliability_em"],

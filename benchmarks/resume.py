@@ -1,0 +1,104 @@
+"""Resumable chunked edits: a long benchmark row (MEMIT or AlphaEdit on 1,000 edits take about
+8 CPU-hours here) saves its state after every chunk and goes on from there in the next run.
+
+The state of a row, in its own folder: the weights the method rewrites (the modules
+``rewrite_module_tmp`` names for ``layers``: a few MB), the module-level globals of the
+method's EasyEdit module that carry over between calls (AlphaEdit's running key covariance
+``cache_c``; the context templates ROME / MEMIT / AlphaEdit sample once, on their first call,
+``CONTEXT_TEMPLATES_CACHE``: a resumed row goes on with the same ones), how many chunks are
+done and the editing seconds spent so far. The tensors of a save are written under names that carry its
+chunk count, then ``state.json`` (atomically: a temporary file, then a rename) points at them,
+then the older files go: a run killed while saving leaves the previous state whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+STATE = "state.json"
+WEIGHTS, CACHE_C = "weights-{}.pt", "cache_c-{}.pt"  # .format(chunks done)
+TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
+
+
+class Paused(Exception):
+    """The row's time budget ran out; its state is saved. Run the same command to go on."""
+
+
+def rewritten(model, hp) -> dict:
+    """``{parameter name: tensor}`` of the weights an EasyEdit method rewrites."""
+    params = dict(model.named_parameters())
+    names = [hp.rewrite_module_tmp.format(layer) + ".weight" for layer in hp.layers]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise KeyError(f"the model has no parameter {missing[0]} (rewrite_module_tmp "
+                       f"{hp.rewrite_module_tmp!r}, layers {hp.layers})")
+    return {n: params[n] for n in names}
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class ChunkState:
+    """The saved progress of one row in ``folder`` (made on the first save)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def load(self, model, hp, method: str, module) -> tuple:
+        """Restore a saved state into ``model`` and the globals of ``module`` (the method's
+        EasyEdit module); returns ``(chunks done, editing seconds spent, runs so far)``,
+        ``(0, 0.0, 0)`` if there is none."""
+        import torch
+
+        path = self.folder / STATE
+        if not path.is_file():
+            return 0, 0.0, 0
+        state = json.loads(path.read_text())
+        if state.get("method") != method:
+            raise ValueError(f"{self.folder} holds a {state.get('method')} state, not {method}")
+        done = state["chunks_done"]
+        saved = torch.load(self.folder / WEIGHTS.format(done), map_location="cpu")
+        with torch.no_grad():
+            for name, param in rewritten(model, hp).items():
+                param.copy_(saved[name].to(param.device, param.dtype))
+        if state.get("cache_c"):
+            module.cache_c = torch.load(self.folder / CACHE_C.format(done), map_location="cpu")
+            module.cache_c_new = True  # do not re-initialise it on the next call
+        if state.get("context_templates") is not None:
+            setattr(module, TEMPLATES, state["context_templates"])
+        return done, state["seconds"], state.get("runs", 1)
+
+    def save(self, model, hp, method: str, module, chunks_done: int, seconds: float,
+             runs: int) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {n: p.detach().cpu().clone() for n, p in rewritten(model, hp).items()}
+        torch.save(weights, self.folder / WEIGHTS.format(chunks_done))
+        has_cache = getattr(module, "cache_c_new", False)
+        if has_cache:
+            torch.save(module.cache_c, self.folder / CACHE_C.format(chunks_done))
+        state = {"method": method, "chunks_done": chunks_done, "seconds": seconds,
+                 "runs": runs, "cache_c": bool(has_cache),
+                 "context_templates": getattr(module, TEMPLATES, None)}
+        _atomic(self.folder / STATE, lambda p: p.write_text(json.dumps(state)))
+        self._drop_files(keep=chunks_done)
+
+    def _drop_files(self, keep=None) -> None:
+        if not self.folder.is_dir():
+            return
+        mine = {WEIGHTS.format(keep), CACHE_C.format(keep)} if keep is not None else set()
+        for path in self.folder.iterdir():
+            if path.name.endswith(".pt") and path.name not in mine:
+                path.unlink()
+
+    def clear(self) -> None:
+        """Remove the state (the row is finished)."""
+        self._drop_files()
+        (self.folder / STATE).unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()

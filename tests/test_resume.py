@@ -1,0 +1,77 @@
+"""Resumable chunked benchmark rows (benchmarks/resume.py) on the tiny model."""
+import types
+
+import pytest
+import torch
+
+from test_benchmarks import _load
+
+
+@pytest.fixture()
+def resume():
+    return _load("resume")
+
+
+def _hp():  # what ChunkState reads of an EasyEdit hparams object
+    return types.SimpleNamespace(rewrite_module_tmp="model.layers.{}.mlp.down_proj", layers=[1, 2])
+
+
+def _method_module(cache=None, templates=None):
+    mod = types.ModuleType("fake_easyedit_method")
+    mod.cache_c, mod.cache_c_new = cache, cache is not None
+    mod.CONTEXT_TEMPLATES_CACHE = templates
+    return mod
+
+
+def test_state_round_trip(resume, tiny_model, tmp_path):
+    model = tiny_model
+    hp = _hp()
+    weights = resume.rewritten(model, hp)
+    assert list(weights) == ["model.layers.1.mlp.down_proj.weight",
+                             "model.layers.2.mlp.down_proj.weight"]
+    with torch.no_grad():
+        for p in weights.values():
+            p.add_(0.5)
+    edited = {n: p.detach().clone() for n, p in weights.items()}
+    cache = torch.arange(12.0).reshape(2, 2, 3)
+    templates = [["{}"], ["The sky. {}", "A man. {}"]]
+    state = resume.ChunkState(tmp_path / "row")
+    assert state.load(model, hp, "alphaedit", _method_module()) == (0, 0.0, 0)  # nothing yet
+    state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1)
+
+    fresh = _load("common").load("tiny")[0]  # the unedited weights
+    mod = _method_module()
+    assert state.load(fresh, hp, "alphaedit", mod) == (3, 120.5, 1)
+    for n, p in resume.rewritten(fresh, hp).items():
+        assert torch.equal(p, edited[n]), n
+    assert torch.equal(mod.cache_c, cache) and mod.cache_c_new is True
+    assert mod.CONTEXT_TEMPLATES_CACHE == templates
+    with pytest.raises(ValueError, match="holds a alphaedit state, not memit"):
+        state.load(fresh, hp, "memit", mod)
+    state.clear()
+    assert not (tmp_path / "row").exists()
+
+
+def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path):
+    hp = _hp()
+    state = resume.ChunkState(tmp_path / "row")
+    mod = _method_module()  # MEMIT-like: no cache_c
+    state.save(tiny_model, hp, "memit", mod, 1, 10.0, 1)
+    first = {n: p.detach().clone() for n, p in resume.rewritten(tiny_model, hp).items()}
+    # the next save died after writing its weights, before state.json pointed at them
+    (tmp_path / "row" / "weights-2.pt").write_bytes(b"half a file")
+    fresh = _load("common").load("tiny")[0]
+    with torch.no_grad():
+        for p in resume.rewritten(fresh, hp).values():
+            p.zero_()
+    assert state.load(fresh, hp, "memit", mod) == (1, 10.0, 1)
+    for n, p in resume.rewritten(fresh, hp).items():
+        assert torch.equal(p, first[n])
+    state.save(tiny_model, hp, "memit", mod, 2, 20.0, 2)  # the next whole save: old files go
+    assert sorted(p.name for p in (tmp_path / "row").iterdir()) == ["state.json", "weights-2.pt"]
+
+
+def test_a_module_the_model_lacks_is_named(resume, tiny_model):
+    hp = types.SimpleNamespace(rewrite_module_tmp="transformer.h.{}.mlp.c_proj", layers=[1])
+    with pytest.raises(KeyError, match="transformer.h.1.mlp.c_proj.weight"):
+        resume.rewritten(tiny_model, hp)
