@@ -92,11 +92,19 @@ def add_set_argument(ap) -> None:
                     help="override hparams fields (YAML values), e.g. lr=1e-3 layers=[18]")
 
 
-def with_overrides(hp, sets):
-    """``(hp with the --set KEY=VALUE fields replaced, {key: value})``."""
+def parse_sets(sets) -> dict:
+    """``{key: value}`` of ``--set KEY=VALUE`` arguments, values read as YAML."""
     import yaml
 
+    bad = [s for s in sets if "=" not in s]
+    if bad:
+        raise SystemExit(f"--set takes KEY=VALUE, got {bad[0]!r}")
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+
+
+def with_overrides(hp, sets):
+    """``(hp with the --set KEY=VALUE fields replaced, {key: value})``."""
     from locft_easyedit import LocFTHyperParams
 
-    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+    overrides = parse_sets(sets)
     return LocFTHyperParams.from_dict({**hp.to_dict(), **overrides}, source="--set"), overrides

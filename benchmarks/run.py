@@ -42,6 +42,7 @@ import logging
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
     sys.path.insert(0, str(HERE))
 from resume import ChunkState, Paused  # noqa: E402
 from common import (CORPUS_SPLIT, REPO, TINY, corpus_parts, data_dir, data_path,  # noqa: E402
-                    load, tiny_hparams)
+                    add_set_argument, load, parse_sets, tiny_hparams)
 
 DATA_DIR = data_dir()  # the shared data folder (common.data_dir; the tests read it here)
 DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
@@ -151,8 +152,9 @@ def ensure_stats(model, tok, hp) -> dict:
 
 
 # --- data, hparams (models: common.load) -------------------------------------------------------
-def requests_for(dataset: str, n: int):
-    """The first ``n`` requests of the dataset that do not contradict an earlier one.
+def requests_for(dataset: str, n: int, offset: int = 0):
+    """The first ``n`` requests of the dataset, from record ``offset`` on (a dev split for
+    tuning: records no evaluation row edits), that do not contradict an earlier one.
 
     CounterFact holds the same prompt with two different new targets (records 462 and 563 of
     counterfact_2k.json: 'Frank Lampard, the' -> basketball / quarterback); no method can
@@ -161,7 +163,7 @@ def requests_for(dataset: str, n: int):
     from locft_easyedit import load_dataset
     from locft_easyedit.locft.requests import normalise_target
 
-    every = load_dataset(data_path(DATA_FILES[dataset]), dataset)
+    every = load_dataset(data_path(DATA_FILES[dataset]), dataset)[offset:]
     seen, out, skipped = {}, [], []
     for r in every:
         target = normalise_target(r["target_new"])  # compared as validate_requests does
@@ -179,15 +181,19 @@ def requests_for(dataset: str, n: int):
     return out
 
 
-def locft_hparams(method: str, model_arg: str, hparams_path: str):
+def locft_hparams(method: str, model_arg: str, hparams_path: str, overrides=None):
+    """The LocFT settings of a row: the YAML (the tiny test settings for ``tiny``), depth-first
+    for ``locft-df``, then ``overrides`` (``--set``)."""
     from locft_easyedit import LocFTHyperParams
 
     if model_arg == TINY:
         hp = tiny_hparams(num_epochs=60, mini_batch_size=8, device="cpu")
     else:
         hp = LocFTHyperParams.from_hparams(hparams_path)
-    if method == "locft-df":
-        hp = LocFTHyperParams.from_dict({**hp.to_dict(), "pipeline": "depth_first"})
+    extra = {"pipeline": "depth_first"} if method == "locft-df" else {}
+    if extra or overrides:
+        hp = LocFTHyperParams.from_dict({**hp.to_dict(), **extra, **(overrides or {})},
+                                        source="--set")
     return hp
 
 
@@ -196,7 +202,8 @@ def easyedit_yaml(method: str) -> Path:
     return HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
 
 
-def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Path):
+def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Path,
+                     overrides=None):
     import yaml
     from easyeditor import (AlphaEditHyperParams, FTHyperParams, MEMITHyperParams,
                             ROMEHyperParams)
@@ -204,7 +211,7 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
     cls = {"ft-m": FTHyperParams, "rome": ROMEHyperParams, "memit": MEMITHyperParams,
            "alphaedit": AlphaEditHyperParams}[method]
     path = easyedit_yaml(method)
-    cfg = yaml.safe_load(path.read_text())
+    cfg = {**yaml.safe_load(path.read_text()), **(overrides or {})}
     cfg["model_name"] = str(model_dir)
     if model_arg == TINY:  # 4 layers
         cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]}}.get(
@@ -271,7 +278,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
     if method in ("locft-bf", "locft-df"):
         from locft_easyedit import apply_locft_to_model
 
-        hp = locft_hparams(method, model_arg, args.hparams)
+        hp = locft_hparams(method, model_arg, args.hparams, args.overrides)
         apply_locft_to_model(model, tok, requests, hp)
         if model_arg == TINY:
             return "tiny (tests)", extra
@@ -295,7 +302,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         return "ft-m stand-in", extra
     stats_dir = stats_root() / ("tiny" if model_arg == TINY else "embedded")
     stats_dir.mkdir(parents=True, exist_ok=True)
-    hp, hp_path = easyedit_hparams(method, model_arg, model_dir, stats_dir)
+    hp, hp_path = easyedit_hparams(method, model_arg, model_dir, stats_dir, args.overrides)
     if getattr(hp, "mom2_adjustment", False):
         extra["stats"] = ensure_stats(model, tok, hp)
     os.chdir(stats_dir)  # EasyEdit writes ./logs and AlphaEdit's null_space_project.pt here
@@ -342,7 +349,7 @@ def run_one(args) -> dict:
     n = int(n)
     load_at_start = os.getloadavg()[0]  # other jobs on the machine slow every timing
     torch.manual_seed(0)
-    requests = requests_for(dataset, n)  # data problems surface before the model loads
+    requests = requests_for(dataset, n, args.offset)  # data problems surface before the model
     model, tok, model_dir = load(args.model)
     out = Path(args.out).resolve()
     tasks = args.lm_eval_tasks or None
@@ -373,7 +380,10 @@ def run_one(args) -> dict:
     intervals = {f"{k}_ci95": v for k, v in bootstrap_ci(per_edit).items()}
     sample = requests[:SAMPLE_ANSWERS]
     after_cap = capability(model, tok, before_cap["known_records"], tasks)
-    return {"method": method, "dataset": dataset, "n": n, "model": args.model,
+    return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
+            **({"base_method": method} if args.label else {}),
+            **({"offset": args.offset} if args.offset else {}),
+            **({"overrides": args.overrides} if args.overrides else {}),
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
             **intervals, "bootstrap_resamples": RESAMPLES,
             **when_fields(before_cap, "before"), **when_fields(after_cap, "after"),
@@ -395,20 +405,21 @@ def run_one(args) -> dict:
 
 
 # --- the sweep -------------------------------------------------------------------------------
-def settings_digest(method: str, locft_yaml: str) -> str:
+def settings_digest(method: str, locft_yaml: str, overrides=None) -> str:
     """First 12 hex digits of the SHA-256 of the settings a row runs with (the LocFT YAML for
-    locft-bf/-df, the EasyEdit YAML otherwise), parsed, so that changing a value re-runs its
-    rows and editing a comment does not."""
+    locft-bf/-df, the EasyEdit YAML otherwise, with the ``--set`` overrides), parsed, so that
+    changing a value re-runs its rows and editing a comment does not."""
     import yaml
 
     path = Path(locft_yaml) if method.startswith("locft") else easyedit_yaml(method)
-    settings = json.dumps(yaml.safe_load(path.read_text()), sort_keys=True, default=str)
-    return hashlib.sha256(settings.encode()).hexdigest()[:12]
+    settings = {**yaml.safe_load(path.read_text()), **(overrides or {})}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def row_key(r: dict) -> tuple:
     return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"),
-            tuple(r.get("lm_eval_tasks") or ()))
+            tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0))
 
 
 def finished(out: Path) -> set:
@@ -453,6 +464,12 @@ def main(argv=None) -> list:
                          "(e.g. mmlu gsm8k nq_open; their data come from a hub)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter for the runs (e.g. the EasyEdit venv's python)")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="take the requests from this record on (a dev split for tuning: "
+                         "evaluation rows edit from record 0)")
+    add_set_argument(ap)
+    ap.add_argument("--label", help="the method's name in the row (e.g. a tuning setting or "
+                                    "LocFT with other options); one method per label")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M) after "
                          "the first call that ends past this many minutes of editing; its "
@@ -460,6 +477,9 @@ def main(argv=None) -> list:
     ap.add_argument("--state", help=argparse.SUPPRESS)  # a row's state folder (set by main)
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "DATASET", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.overrides = parse_sets(args.set)
+    if args.label and len(args.methods) > 1 and not args.one:
+        ap.error("--label names one method: give one --methods")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch
@@ -483,8 +503,9 @@ def main(argv=None) -> list:
     from tqdm.auto import tqdm
 
     for method, dataset, n in tqdm(grid, desc="benchmark rows", unit="row"):
-        digest = settings_digest(method, args.hparams)
-        if (method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks)) in done:
+        digest = settings_digest(method, args.hparams, args.overrides)
+        if (args.label or method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks),
+                args.offset) in done:
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in ("rome", "memit", "alphaedit"):
@@ -496,7 +517,10 @@ def main(argv=None) -> list:
                "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
         cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
         cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
-        state = ChunkState(state_folder(out, method, dataset, n, args.model, digest))
+        cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
+        cmd += ["--set", *args.set] if args.set else []
+        state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
+                                        f"{digest}_{args.offset}"))
         cmd += ["--state", str(state.folder)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
@@ -510,9 +534,13 @@ def main(argv=None) -> list:
                          proc.returncode)
             continue
         row["settings_sha256"] = digest
-        row["command"] = " ".join(["python", "benchmarks/run.py", "--methods", method,
-                                   "--datasets", dataset, "--n", str(n), "--model", args.model]
-                                  + (["--threads", str(args.threads)] if args.threads else []))
+        row["command"] = " ".join(
+            ["python", "benchmarks/run.py", "--methods", method, "--datasets", dataset,
+             "--n", str(n), "--model", args.model]
+            + (["--threads", str(args.threads)] if args.threads else [])
+            + (["--offset", str(args.offset)] if args.offset else [])
+            + (["--label", args.label] if args.label else [])
+            + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         state.clear()

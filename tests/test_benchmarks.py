@@ -174,3 +174,26 @@ def test_requests_skip_contradicting_prompts():
     lampard = [r["target_new"] for r in got if r["prompt"] == "Frank Lampard, the"]
     assert lampard == ["basketball"] and raw[:562] == got[:562]
     assert run.requests_for("counterfact", 100) == raw[:100]
+
+
+def test_label_offset_and_overrides_make_their_own_row(rows):
+    """A tuning row: another method name, records from a dev offset, settings overridden;
+    it is keyed and re-run apart from the plain row, and its command says how to redo it."""
+    out, got, run, _ = rows
+    tuned = out.parent / "tuned.jsonl"  # the same folder: the cached capability baseline
+    argv = ["--model", "tiny", "--methods", "locft-bf", "--datasets", "zsre", "--n", "4",
+            "--threads", "1", "--out", str(tuned), "--offset", "1000", "--label", "bf-e5",
+            "--set", "num_epochs=5"]
+    (row,) = run.main(argv)
+    assert (row["method"], row["base_method"], row["offset"], row["overrides"]) == \
+        ("bf-e5", "locft-bf", 1000, {"num_epochs": 5})
+    assert row["command"].endswith("--offset 1000 --label bf-e5 --set num_epochs=5")
+    shipped = str(REPO / "hparams" / "smollm2-135m.yaml")
+    assert row["settings_sha256"] == run.settings_digest("locft-bf", shipped, {"num_epochs": 5})
+    assert row["settings_sha256"] != got[0]["settings_sha256"]
+    dev = run.requests_for("zsre", 4, 1000)
+    assert [a["prompt"] for a in row["answers_sample"]] == [r["prompt"] for r in dev]
+    assert dev[0]["prompt"] != run.requests_for("zsre", 1)[0]["prompt"]
+    assert run.main(argv) == []  # finished: skipped
+    with pytest.raises(SystemExit):
+        run.main(argv[:-2] + ["--methods", "locft-bf", "ft-m"])  # one label, two methods
