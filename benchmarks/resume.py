@@ -28,7 +28,9 @@ class Paused(Exception):
 def rewritten(model, hp) -> dict:
     """``{parameter name: tensor}`` of the weights an EasyEdit method rewrites."""
     params = dict(model.named_parameters())
-    names = [hp.rewrite_module_tmp.format(layer) + ".weight" for layer in hp.layers]
+    names = [hp.rewrite_module_tmp.format(layer) for layer in hp.layers]
+    # ROME / MEMIT / AlphaEdit name the module, FT the weight itself
+    names = [n if n.endswith(".weight") else n + ".weight" for n in names]
     missing = [n for n in names if n not in params]
     if missing:
         raise KeyError(f"the model has no parameter {missing[0]} (rewrite_module_tmp "

@@ -71,6 +71,12 @@ def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path
     assert sorted(p.name for p in (tmp_path / "row").iterdir()) == ["state.json", "weights-2.pt"]
 
 
+def test_ft_names_the_weight_itself(resume, tiny_model):
+    hp = types.SimpleNamespace(rewrite_module_tmp="model.layers.{}.mlp.down_proj.weight",
+                               layers=[3])
+    assert list(resume.rewritten(tiny_model, hp)) == ["model.layers.3.mlp.down_proj.weight"]
+
+
 def test_a_module_the_model_lacks_is_named(resume, tiny_model):
     hp = types.SimpleNamespace(rewrite_module_tmp="transformer.h.{}.mlp.c_proj", layers=[1])
     with pytest.raises(KeyError, match="transformer.h.1.mlp.c_proj.weight"):

@@ -1,0 +1,50 @@
+"""The baselines' tuning rule and report (benchmarks/tune_baselines.py), on made-up rows."""
+import json
+
+import pytest
+
+from test_benchmarks import _load
+
+
+@pytest.fixture(scope="module")
+def tune():
+    return _load("tune_baselines")
+
+
+def _row(method, overrides, rel, gen, loc, spe, offset=1000, n=100):
+    return {"method": method, "base_method": method.split("@")[0], "overrides": overrides,
+            "offset": offset, "n": n, "reliability": rel, "generalization": gen,
+            "locality": loc, "seconds_per_edit": spe}
+
+
+def test_labels_name_the_knobs(tune):
+    assert tune.label("memit", {}) == "memit@yaml"
+    assert tune.label("memit", {"v_lr": 0.1, "layers": [2, 3]}) == "memit@layers=[2,3],v_lr=0.1"
+
+
+def test_rule_best_mean_then_fastest_among_ties(tune, tmp_path):
+    rows = [_row("memit@yaml", {}, 0.6, 0.5, 0.8, 27.0),              # 0.633
+            _row("memit@v_lr=0.1", {"v_lr": 0.1}, 0.9, 0.7, 0.7, 30.0),  # 0.767
+            _row("memit@L=1", {"L": 1}, 0.9, 0.69, 0.7, 20.0),          # 0.763: tied, faster
+            _row("memit@x=1", {"x": 1}, 1.0, 1.0, 1.0, 1.0, offset=0),  # evaluation: ignored
+            _row("ft-m@yaml", {}, 0.4, 0.3, 0.2, 2.0)]
+    path = tmp_path / "tuning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = tune.load_rows(path)
+    assert sorted(got) == ["ft-m", "memit"] and len(got["memit"]) == 3
+    assert tune.choose(got["memit"])["method"] == "memit@L=1"
+    text = tune.report(path)
+    assert "chosen: `memit@L=1` (`--set L=1`)" in text
+    assert "chosen: `ft-m@yaml` (the shipped YAML)" in text
+    assert "| v_lr=0.1 | 0.900 | 0.700 | 0.700 | 0.767 | 30.00 |  |" in text
+
+
+def test_every_grid_starts_from_the_shipped_yaml_and_names_real_keys(tune):
+    import yaml
+
+    for method, grid in tune.GRIDS.items():
+        assert grid[0] == {}
+        shipped = yaml.safe_load((tune.HERE / "easyedit_hparams" /
+                                  f"{method}_smollm2-135m.yaml").read_text())
+        for overrides in grid[1:]:
+            assert set(overrides) <= set(shipped), (method, overrides)
