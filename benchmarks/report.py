@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # tune_baselines, loaded from a file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
 QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
@@ -91,6 +95,43 @@ def answers(rows) -> str:
                   for a in sample]
         lines.append("")
     return "\n".join(lines)
+
+
+# (field, name, higher is better) compared with LocFT-BF in "where LocFT-BF loses"
+VERSUS = [("reliability", "reliability", True), ("generalization", "generalization", True),
+          ("locality", "locality", True),
+          ("neighborhood_score_after", "neighbourhood score (NS) after", True),
+          ("cap_known_facts_acc_after", "known facts kept", True),
+          ("cap_heldout_text_word_perplexity_after", "held-out word perplexity", False),
+          ("seconds_per_edit", "seconds per edit", False)]
+REFERENCE = "locft-bf"
+
+
+def losses(rows) -> str:
+    """Where another method beats LocFT-BF on the same dataset and N, figure by figure: a
+    loss when their 95% intervals do not overlap (or, without intervals, any margin: said)."""
+    lines = []
+    for ref in (r for r in rows if r["method"] == REFERENCE):
+        for key, name, higher in VERSUS:
+            if ref.get(key) is None:
+                continue
+            for r in rows:
+                if (r["method"] == REFERENCE or r["dataset"] != ref["dataset"]
+                        or r["n"] != ref["n"] or r["model"] != ref["model"]
+                        or r.get(key) is None):
+                    continue
+                better = r[key] > ref[key] if higher else r[key] < ref[key]
+                if not better:
+                    continue
+                a, b = ref.get(_ci_key(key)), r.get(_ci_key(key))
+                if a and b:
+                    apart = (b[0] > a[1]) if higher else (b[1] < a[0])
+                    how = "intervals apart" if apart else "within the intervals: not a loss"
+                else:
+                    how = "no intervals"
+                lines.append(f"- {ref['dataset']} N={ref['n']}: {r['method']} {name} "
+                             f"{_with_ci(r, key)} vs LocFT-BF {_with_ci(ref, key)} ({how})")
+    return "\n".join(lines) if lines else "- nowhere in these rows"
 
 
 def plots(rows, out_dir) -> list:
@@ -194,12 +235,62 @@ def plots(rows, out_dir) -> list:
     return [first, retention, second, pareto]
 
 
+def provenance(rows) -> str:
+    """One line per row: its settings, digest, date, machine load and the command."""
+    lines = ["| dataset | N | method | settings | digest | date | load | command |",
+             "|" + " --- |" * 8]
+    for r in rows:
+        sets = " ".join(f"{k}={json.dumps(v)}" for k, v in (r.get("overrides") or {}).items())
+        lines.append("| " + " | ".join([
+            r["dataset"], str(r["n"]), r["method"],
+            f"`{r.get('hparams', '-')}`" + (f" + `{sets}`" if sets else ""),
+            r.get("settings_sha256") or "-", r.get("date", "-"),
+            _fmt(r.get("load_avg_1min_at_start")), f"`{r.get('command', '-')}`"]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows, source: str, plot_dir=None, tuning=None) -> str:
+    """The whole comparison document, from the rows alone."""
+    with_probs = [r for r in rows if r.get("efficacy_score_after") is not None]
+    parts = [
+        "# Side by side: LocFT-BF and the baselines (generated)", "",
+        f"Written by `python benchmarks/report.py {source} --md ...` from the JSON lines "
+        "alone: do not edit by hand, re-run it. Every edit is scored after the last one "
+        "(benchmarks/run.py). A figure with an interval reads `value (low-high)`: the 95% "
+        "percentile bootstrap interval over edits (1,000 resamples; over documents for the "
+        "capability figures). Capability: lm-evaluation-harness on local tasks "
+        "(benchmarks/lm_eval_tasks: held-out pydoc text, known CounterFact facts no run "
+        "edits); rows made before it carry the older NQ-proxy fields instead and show `-`.",
+        "", "## Edit quality", "", table(rows, QUALITY),
+        "", "## What the edits cost", "", table(rows, COST)]
+    if with_probs:
+        parts += ["", "## CounterFact probability scores", "", table(with_probs, PROBS)]
+    parts += ["", "## Where LocFT-BF loses", "",
+              "Every figure where another method beats LocFT-BF on the same data and N:", "",
+              losses(rows)]
+    if tuning:
+        parts += ["", "## The baselines' tuning (dev split)", "", tuning]
+    if plot_dir:
+        rel = Path(plot_dir)
+        parts += ["", "## Plots", ""] + [f"![{n}]({rel.name}/{n})" for n in (
+            "reliability_vs_n.png", "retention_vs_n.png", "seconds_per_edit_vs_n.png",
+            "pareto_reliability_locality.png")]
+    parts += ["", "## Rows", "", provenance(rows), ""]
+    return "\n".join(parts)
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", nargs="?",
                     default=str(Path(__file__).resolve().parent / "results" / "edit_quality.jsonl"))
     ap.add_argument("--plots", default=None, help="folder for the PNG plots")
+    ap.add_argument("--md", default=None, metavar="PATH",
+                    help="write the whole comparison document (tables, intervals, where "
+                         "LocFT-BF loses, the baselines' tuning, plots, provenance) to PATH")
+    ap.add_argument("--tuning", default=str(Path(__file__).resolve().parent / "results" /
+                                            "tuning.jsonl"),
+                    help="tuning rows of benchmarks/tune_baselines.py for --md")
     ap.add_argument("--answers", action="store_true",
                     help="also print each row's sample of greedy answers")
     args = ap.parse_args(argv)
@@ -212,6 +303,12 @@ def main(argv=None) -> str:
     if args.plots:
         for p in plots(rows, args.plots):
             print(f"wrote {p}")
+    if args.md:
+        import tune_baselines
+
+        tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
+        Path(args.md).write_text(markdown(rows, args.jsonl, args.plots, tuning))
+        print(f"wrote {args.md}")
     return text
 
 

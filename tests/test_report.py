@@ -1,0 +1,32 @@
+"""The generated comparison (benchmarks/report.py --md) on made-up rows."""
+from test_benchmarks import _load
+
+
+def _row(method, rel, rel_ci, loc, loc_ci, ppl=None):
+    r = {"method": method, "dataset": "zsre", "n": 1000, "model": "m", "reliability": rel,
+         "reliability_ci95": rel_ci, "locality": loc, "locality_ci95": loc_ci,
+         "seconds_per_edit": 1.0, "hparams": "h.yaml", "command": f"run {method}"}
+    if ppl is not None:
+        r["cap_heldout_text_word_perplexity_after"] = ppl
+    return r
+
+
+def test_losses_count_only_intervals_apart():
+    report = _load("report")
+    rows = [_row("locft-bf", 0.99, [0.98, 1.0], 0.44, [0.41, 0.47], ppl=30.0),
+            _row("memit", 0.60, [0.55, 0.65], 0.85, [0.83, 0.87], ppl=25.0),
+            _row("alphaedit", 0.30, [0.25, 0.35], 0.46, [0.43, 0.49])]
+    text = report.losses(rows)
+    assert text.splitlines() == [
+        "- zsre N=1000: memit locality 0.850 (0.830-0.870) vs LocFT-BF 0.440 (0.410-0.470) "
+        "(intervals apart)",
+        "- zsre N=1000: alphaedit locality 0.460 (0.430-0.490) vs LocFT-BF 0.440 (0.410-0.470) "
+        "(within the intervals: not a loss)",
+        "- zsre N=1000: memit held-out word perplexity 25.0 vs LocFT-BF 30.0 (no intervals)"]
+    doc = report.markdown(rows, "rows.jsonl", "benchmarks/plots", tuning="### memit\n")
+    for part in ("## Edit quality", "| zsre | 1000 | memit | 0.600 (0.550-0.650) |",
+                 "## Where LocFT-BF loses", "## The baselines' tuning (dev split)",
+                 "![pareto_reliability_locality.png](plots/pareto_reliability_locality.png)",
+                 "| zsre | 1000 | memit | `h.yaml` | - | - | - | `run memit` |"):
+        assert part in doc, part
+    assert report.losses(rows[:1]) == "- nowhere in these rows"
