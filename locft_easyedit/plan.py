@@ -13,13 +13,21 @@ What an edit needs on top of the loaded model (``training_bytes``):
   one up (a per-token, per-layer count of saved values; see :data:`SAVED_PER_TOKEN`) plus the
   attention scores, in the model's dtype (at the module level, the first layer keeps only the
   trained module's input);
-* the target-only logits of one mini-batch and their gradient, in float32.
+* the target-only logits of one mini-batch and their gradient, in float32;
+* the locality options: the key basis each constrained linear weight keeps (``d_in`` x
+  ``min(d_in, MAX_BASIS)`` float32, :mod:`~.locft.keys`), and, before training and only when
+  the statistics are not cached yet, their computation (``key_compute_bytes``: the second
+  moment ``d_in^2``, float64 up to 4,096 inputs, float32 above, and ``torch.linalg.eigh``'s
+  eigenvectors and workspace, about three times that); the neighbour prompts
+  (``neighbour_weight``) cached like the edits, ``neighbour_samples`` per edit, and their
+  graph in the step that trains their edit.
 
-A step builds two graphs one after the other: the edits' (freed by their backward), then the
-preservation term's generic texts'. The activations and logits reported are those of the
-larger one.
+A step builds its graphs one after the other: the edits' (freed by their backward), then the
+preservation term's generic texts', then the neighbours'. The activations and logits reported
+are those of the largest.
 
-``peak_bytes`` = weights + training_bytes. The figures are estimates (the allocator, the
+``peak_bytes`` = weights + the larger of training_bytes and key_compute_bytes (the key
+statistics are computed, then freed, before training starts). The figures are estimates (the allocator, the
 framework and fragmentation add to them); ``benchmarks/plan_check.py`` compares them with the
 measured peak memory of real runs.
 """
@@ -58,6 +66,8 @@ class Plan:
     master_adam_bytes: int
     activation_bytes: int
     logits_bytes: int
+    key_basis_bytes: int
+    key_compute_bytes: int
     training_bytes: int
     peak_bytes: int
     device: str
@@ -77,6 +87,8 @@ class Plan:
                 ("fp32 masters + grads + Adam", gb(self.master_adam_bytes)),
                 ("activations (one mini-batch)", gb(self.activation_bytes)),
                 ("target-only logits", gb(self.logits_bytes)),
+                ("key bases (locality options)", gb(self.key_basis_bytes)),
+                ("key statistics, computed once", gb(self.key_compute_bytes)),
                 ("training (on top of the weights)", gb(self.training_bytes)),
                 ("peak", gb(self.peak_bytes)),
                 ("device", self.device + (f", {gb(self.device_bytes)} available"
@@ -137,7 +149,12 @@ def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edi
     # preserve_new_tokens sampled ones) are cached like the edits; preserve_batch of them
     # run through every step with all their positions projected
     generic = GENERIC_OPENING + hp.preserve_new_tokens if hp.preserve_weight > 0 else 0
-    tokens = n_edits * tokens_per_edit + hp.preserve_samples * generic
+    # neighbour prompts: an edit's prompt with another subject (about as long) answered by
+    # up to neighbour_new_tokens tokens of the unedited model
+    neighbours = hp.neighbour_samples if hp.neighbour_weight > 0 else 0
+    neighbour_len = tokens_per_edit - target_tokens_per_edit + hp.neighbour_new_tokens
+    tokens = (n_edits * tokens_per_edit + hp.preserve_samples * generic
+              + n_edits * neighbours * neighbour_len)
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     available = device_bytes if device_bytes is not None else visible_device_bytes(device)
     module = (trained_module(list(params), stack_name, first, stack[first])
@@ -157,17 +174,36 @@ def plan(config, hp, n_edits: int, tokens_per_edit: float, target_tokens_per_edi
     phases = [(mbs * tokens_per_edit, mbs * target_tokens_per_edit)]
     if generic:
         phases.append((hp.preserve_batch * generic, hp.preserve_batch * (generic - 1)))
+    if neighbours:
+        phases.append((mbs * neighbours * neighbour_len,
+                       mbs * neighbours * hp.neighbour_new_tokens))
     # logits in float32, kept with their log-softmax for the backward: 2 copies
     activations, logits = max(((int(t * per_token), int(k * vocab * 4 * 2))
                                for t, k in phases), key=sum)
     master_adam = trained * 16
-    training = cache + master_adam + activations + logits
+    key_basis, key_compute = key_plan(hp, model, params)
+    training = cache + master_adam + activations + logits + key_basis
     steps = hp.num_epochs * math.ceil(n_edits / hp.mini_batch_size) \
         if hp.pipeline == "breadth_first" else hp.num_epochs * n_edits
     return Plan(model_name or type(model).__name__, str(dtype)[6:], n_edits, tokens_per_edit,
                 target_tokens_per_edit, layers, first, trained, steps, weights, level, cache,
-                master_adam, activations, logits, training, weights + training, device,
-                available, None if available is None else weights + training <= available)
+                master_adam, activations, logits, key_basis, key_compute, training,
+                weights + max(training, key_compute), device, available,
+                None if available is None else weights + max(training, key_compute) <= available)
+
+
+def key_plan(hp, model, params) -> tuple:
+    """``(kept, computed)`` bytes of the key statistics of the locality options: the bases
+    kept through training, and the transient peak of computing the largest one."""
+    from .locft.keys import MAX_BASIS, key_tensors
+
+    if not (hp.null_space_energy > 0 or hp.null_space_rank or hp.key_penalty_weight > 0):
+        return 0, 0
+    linear, _ = key_tensors(model, list(params))
+    ins = [params[n].shape[0 if transposed else 1] for n, transposed in linear.items()]
+    kept = sum(d * min(d, MAX_BASIS) * 4 + d * 4 for d in ins)
+    compute = max((3 * d * d * (8 if d <= 4096 else 4) for d in ins), default=0)
+    return kept, compute
 
 
 def cache_plan(hp, tokens: float, hidden: int, elem: int, first: int, weights: int,

@@ -29,6 +29,29 @@ def test_plan_arithmetic_on_the_tiny_config(tiny_model, tiny_hp):
     assert p.peak_bytes == p.weights_bytes + p.training_bytes and p.fits is True
 
 
+def test_plan_counts_the_locality_options(tiny_model, tiny_hp):
+    hp = dataclasses.replace(tiny_hp, num_epochs=25, mini_batch_size=8)
+    base = plan(tiny_model.config, hp, 100, 10, 3, device="cpu")
+    assert (base.key_basis_bytes, base.key_compute_bytes) == (0, 0)
+    keyed = plan(tiny_model.config, dataclasses.replace(hp, null_space_energy=0.9), 100, 10, 3,
+                 device="cpu")
+    # down_proj's 128 inputs: a full 128 x 128 basis and its eigenvalues kept, float32; the
+    # second moment computed in float64 with eigh's copies (3x) before training
+    assert keyed.key_basis_bytes == 128 * 128 * 4 + 128 * 4
+    assert keyed.key_compute_bytes == 3 * 128 * 128 * 8
+    assert keyed.training_bytes == base.training_bytes + keyed.key_basis_bytes
+    assert keyed.peak_bytes == keyed.weights_bytes + keyed.training_bytes
+    # 2 neighbours per edit: prompt (10 - 3 tokens) + 4 answer tokens each, cached
+    nb = plan(tiny_model.config, dataclasses.replace(hp, neighbour_weight=1.0,
+                                                     neighbour_samples=2,
+                                                     neighbour_new_tokens=4),
+              100, 10, 3, device="cpu")
+    assert nb.prefix_cache_bytes == (100 * 10 + 100 * 2 * (7 + 4)) * (128 + 64) * 4
+    # their graph: 8 edits x 2 neighbours x 11 tokens, the largest of the step's graphs
+    saved = SAVED_PER_TOKEN[0] * 64 + SAVED_PER_TOKEN[1] * 128 + 4 * 10
+    assert nb.activation_bytes == 8 * 2 * 11 * (saved + 128) * 4
+
+
 def test_plan_picks_the_cache_level_the_run_would():
     """On an 80 GB GPU the module level of LLaMA3-8B's layer 22 down_proj fits at 3K edits of
     17 tokens (18,432 values a token in bfloat16: 1.9 GB) but not at 100K (63 GB, over half of
