@@ -43,7 +43,7 @@ from torch import nn
 
 from .errors import HparamsError
 from .generic_text import GENERIC_OPENINGS, sample_generic_text
-from .modeling import input_device
+from .modeling import input_device, preserved_values
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,5 @@ def build_key_constraints(model, tok, hp, masters: Dict[str, torch.Tensor],
         stats = {n: key_statistics(model, tok, n, hp.key_corpus, hp.key_tokens, progress)
                  for n in linear}
     origins = {n: masters[n].detach().float().clone() for n in linear}
-    source = preserve_from if preserve_from is not None else masters
-    preserved = {n: source[n].detach().to(masters[n].device, torch.float32).clone()
-                 for n in linear}
-    return KeyConstraints(hp, stats, linear, origins, preserved)
+    return KeyConstraints(hp, stats, linear, origins,
+                          preserved_values(masters, preserve_from, list(linear)))

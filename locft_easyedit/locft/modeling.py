@@ -129,6 +129,16 @@ def write_weights(model, new: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     return originals
 
 
+def preserved_values(masters: Dict[str, torch.Tensor],
+                     preserve_from: Optional[Dict[str, torch.Tensor]],
+                     names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """float32 copies, on each master's device, of the values the loss terms preserve for the
+    trained tensors ``names``: ``preserve_from``'s when given (the tensors' values before the
+    whole edit history, e.g. a ledger's base), else the masters' starting values."""
+    source = preserve_from if preserve_from is not None else masters
+    return {n: source[n].detach().to(masters[n].device, torch.float32).clone() for n in names}
+
+
 @contextmanager
 def weights_applied(model, new: Dict[str, torch.Tensor]) -> Iterator[Dict[str, torch.Tensor]]:
     """``with weights_applied(model, new) as originals:`` the model holds ``new`` inside the

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from .encoding import Encoded, pad_batch
 from .generic_text import GENERIC_OPENINGS, sample_generic_text
 from .keys import KeyConstraints
-from .modeling import input_device, left_padding, pad_id_of, weights_applied
+from .modeling import (input_device, left_padding, pad_id_of, preserved_values,
+                       weights_applied)
 
 logger = logging.getLogger(__name__)
 
@@ -287,8 +288,6 @@ def build_regularizer(model, tok, hp, masters: Dict[str, torch.Tensor],
             if not flat:
                 logger.warning("neighbour_weight is on but no request has a subject found in "
                                "its prompt: no neighbour prompts")
-    source = preserve_from if preserve_from is not None else masters
-    originals = {n: source[n].detach().to(masters[n].device, torch.float32).clone()
-                 for n in masters}
+    originals = preserved_values(masters, preserve_from, list(masters))
     return Regularizer(hp, originals, texts, preserve_from, neighbours,
                        keys if key_penalty else None)
