@@ -58,8 +58,15 @@ from common import (CORPUS_SPLIT, REPO, TINY, corpus_parts, data_dir, data_path,
 DATA_DIR = data_dir()  # the shared data folder (common.data_dir; the tests read it here)
 DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
               "wikibigedit": "wikibigedit_2k.json"}
-METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
-EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
+METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit", "ultraedit", "wise")
+EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
+                    "ultraedit": "ULTRAEDIT", "wise": "WISE"}
+NEEDS_EASYEDIT = ("rome", "memit", "alphaedit", "ultraedit", "wise")  # FT-M has a stand-in
+LEFT_PADDED = ("ft-m", "ultraedit", "wise")  # as EasyEdit's BaseEditor pads for them
+# WISE routes a whole batch to its side memory or not, from the batch's mean activation:
+# scored one prompt at a time, each prompt is routed on its own
+SCORE_BATCH = {"wise": 1}
+WISE_LOC_RECORDS = (1500, 2000)  # ZsRE records whose NQ questions no row edits or scores
 STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
 EMBEDDED = "embedded:smollm2-135m"
 SAVE_EVERY = {"rome": 10, "ft-m": 10}  # calls between saved states (others: every call)
@@ -206,25 +213,36 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
                      overrides=None):
     import yaml
     from easyeditor import (AlphaEditHyperParams, FTHyperParams, MEMITHyperParams,
-                            ROMEHyperParams)
+                            ROMEHyperParams, UltraEditHyperParams, WISEHyperParams)
 
     cls = {"ft-m": FTHyperParams, "rome": ROMEHyperParams, "memit": MEMITHyperParams,
-           "alphaedit": AlphaEditHyperParams}[method]
+           "alphaedit": AlphaEditHyperParams, "ultraedit": UltraEditHyperParams,
+           "wise": WISEHyperParams}[method]
     path = easyedit_yaml(method)
     cfg = {**yaml.safe_load(path.read_text()), **(overrides or {})}
     cfg["model_name"] = str(model_dir)
+    if "tokenizer_name" in cfg:  # UltraEdit
+        cfg["tokenizer_name"] = str(model_dir)
     if model_arg == TINY:  # 4 layers
-        cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]}}.get(
-            cfg["alg_name"], {"layers": [1, 2]}))
+        cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]},
+                    "ULTRAEDIT": {"inner_params": ["model.layers.1.mlp.gate_proj",
+                                                   "model.layers.2.mlp.up_proj"]},
+                    "WISE": {"inner_params": ["model.layers[2].mlp.down_proj.weight"],
+                             "n_iter": 10}}.get(cfg["alg_name"], {"layers": [1, 2]}))
         if "v_loss_layer" in cfg:
             cfg["v_loss_layer"] = 3
     for key in ("stats_dir", "P_loc"):
         if cfg.get(key) == "auto":
             cfg[key] = str(stats_dir / "null_space_project.pt") if key == "P_loc" else str(stats_dir)
-    for k, v in cfg.items():  # EasyEdit's from_hparams converts '5e-3'-style strings too
-        if isinstance(v, str) and v.replace(".", "", 1).replace("e-", "", 1).isdigit():
-            cfg[k] = float(v)
-    return cls(**cfg), str(path.relative_to(REPO))
+    # through the class's own from_hparams (it converts '5e-3'-style strings, WISE splits
+    # act_margin, ...), from the settings as this row has them
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / path.name
+        merged.write_text(yaml.safe_dump(cfg))
+        hp = cls.from_hparams(str(merged))
+    return hp, str(path.relative_to(REPO))
 
 
 def stats_root() -> Path:
@@ -253,11 +271,11 @@ def baseline(model, tok, model_arg: str, out: Path, tasks=None) -> dict:
     return res
 
 
-def capability(model, tok, known, tasks=None) -> dict:
+def capability(model, tok, known, tasks=None, batch_size: int = 16) -> dict:
     """``cap_*`` fields of ``model`` (lm-eval on the local tasks, or on ``tasks``)."""
     import capability as cap
 
-    return cap.capability(model, tok, known, tasks=tasks)
+    return cap.capability(model, tok, known, tasks=tasks, batch_size=batch_size)
 
 
 def when_fields(fields: dict, when: str) -> dict:
@@ -307,10 +325,16 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         extra["stats"] = ensure_stats(model, tok, hp)
     os.chdir(stats_dir)  # EasyEdit writes ./logs and AlphaEdit's null_space_project.pt here
     fn = ALG_DICT[EASYEDIT_METHODS[method]]
-    # EasyEdit's BaseEditor pads left for FT, right for ROME/MEMIT/AlphaEdit
-    tok.padding_side = "left" if method == "ft-m" else "right"
+    # EasyEdit's BaseEditor pads left for FT, UltraEdit and WISE, right for ROME/MEMIT/AlphaEdit
+    tok.padding_side = "left" if method in LEFT_PADDED else "right"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if method == "ultraedit":
+        extra.update(ultraedit_edits(fn, model, tok, requests, hp))
+        return hp_path, extra
+    if method == "wise":
+        extra.update(wise_edits(fn, model, tok, requests, hp))
+        return hp_path, extra
     size = 1 if method in ("ft-m", "rome") else hp.batch_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
     module = sys.modules[fn.__module__]  # its globals carry state between calls
@@ -337,6 +361,69 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
     if runs:
         extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
     return hp_path, extra
+
+
+def ultraedit_edits(fn, model, tok, requests, hp) -> dict:
+    """UltraEdit's lifelong turns: calls of ``hp.batch_size`` requests, all through ONE
+    UltraEdit object, so that its lifelong normalizer carries over from turn to turn (EasyEdit
+    builds a new one on every call unless its executor's ``is_init`` says it exists; only the
+    weights would carry over). A call takes exactly ``batch_size`` requests, in groups of
+    ``batch_size_once``, and silently drops any beyond: turns are cut to fit."""
+    from tqdm.auto import tqdm
+
+    once = hp.batch_size_once
+    if len(requests) % once:
+        raise SystemExit(f"ultraedit: N={len(requests)} is not a multiple of batch_size_once "
+                         f"{once}; UltraEdit would drop the last {len(requests) % once} edits")
+    size = max(once, hp.batch_size - hp.batch_size % once)
+    turns = [requests[i:i + size] for i in range(0, len(requests), size)]
+    executor = fn.__self__
+    executor.is_init = False  # a fresh UltraEdit (and normalizer) for this row
+    try:
+        for turn in tqdm(turns, desc="ultraedit turns", unit="call"):
+            hp.batch_size = len(turn)
+            fn(model, tok, copy.deepcopy(turn), hp, copy=False, return_orig_weights=False,
+               keep_original_weight=True)
+            executor.is_init = True  # the next turn goes on with the same object
+    finally:
+        executor.is_init = False
+        for p in model.parameters():  # UltraEdit leaves its gradients on the edited weights
+            p.grad = None
+    return {"easyedit_calls": len(turns), "turn_size": size}
+
+
+def wise_loc_prompts() -> list:
+    """The irrelevant texts WISE's activation loss pushes away from its side memory, one per
+    edit: NQ question + answer of ZsRE records ``WISE_LOC_RECORDS``, which no row edits or
+    scores (EasyEdit's examples take the edited record's own ``loc``: the very prompt its
+    locality is then scored on)."""
+    from locft_easyedit.datasets import read_json
+
+    recs = read_json(data_path(DATA_FILES["zsre"]))[slice(*WISE_LOC_RECORDS)]
+    return [f"{r['loc']} {r['loc_ans']}" for r in recs if r.get("loc") and r.get("loc_ans")]
+
+
+def wise_edits(fn, model, tok, requests, hp) -> dict:
+    """WISE one request per call, sequentially: the side memory of the first call is kept
+    and trained on by every later one (``sequential_edit``, not a field of its hparams; without
+    it each call replaces the memory). The adapter is installed in ``model`` itself, so the
+    model scores with it. Module globals of a previous run are reset first."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    wise = sys.modules[fn.__module__.rsplit(".", 1)[0] + ".WISE"]
+    utils = sys.modules[fn.__module__.rsplit(".", 1)[0] + ".utils"]
+    wise.edit_history, wise.merge_group_edit_history = [], []
+    utils.CONTEXT_TEMPLATES_CACHE = None
+    sys.modules[fn.__module__].WISEload = True
+    hp.sequential_edit = True
+    np.random.seed(0)  # WISE draws its weight mask with numpy
+    locs = wise_loc_prompts()
+    for i, r in enumerate(tqdm(requests, desc="wise edits", unit="edit")):
+        fn(model, tok, [dict(copy.deepcopy(r), loc_prompt=locs[i % len(locs)])], hp, copy=False)
+    return {"easyedit_calls": len(requests),
+            "wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-{WISE_LOC_RECORDS[1] - 1} "
+                                "NQ question + answer"}
 
 
 def run_one(args) -> dict:
@@ -366,7 +453,8 @@ def run_one(args) -> dict:
     # SAMPLE_ANSWERS prompts (the row keeps those after editing: what generation says, to read)
     scored = edit_and_score(model, tok, requests, edit, generation=True,
                             probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
-                            progress=True, per_edit=True)
+                            progress=True, per_edit=True,
+                            batch_size=SCORE_BATCH.get(method, 32))
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
     seconds += extra.pop("seconds_in_earlier_runs", 0.0)  # a resumed row: its whole editing
     post = {k: v for k, v in scored.after.items() if k not in ("probability", "per_edit")}
@@ -379,7 +467,8 @@ def run_one(args) -> dict:
                          scored.after["probability"]["per_edit"].items()})
     intervals = {f"{k}_ci95": v for k, v in bootstrap_ci(per_edit).items()}
     sample = requests[:SAMPLE_ANSWERS]
-    after_cap = capability(model, tok, before_cap["known_records"], tasks)
+    after_cap = capability(model, tok, before_cap["known_records"], tasks,
+                           batch_size=SCORE_BATCH.get(method, 16))
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
@@ -508,7 +597,7 @@ def main(argv=None) -> list:
                 args.offset) in done:
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
-        if missing and method in ("rome", "memit", "alphaedit"):
+        if missing and method in NEEDS_EASYEDIT:
             logger.warning("skip %s: EasyEdit is not importable with %s (%s)", method,
                            args.python, missing)
             continue

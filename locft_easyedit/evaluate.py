@@ -254,7 +254,8 @@ class EditReport:
 def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], Any],
                    generation: bool = True, pre_scores: bool = False,
                    probabilities: bool = False, answers: int = 0,
-                   progress: bool = False, per_edit: bool = False) -> EditReport:
+                   progress: bool = False, per_edit: bool = False,
+                   batch_size: int = 32) -> EditReport:
     """Snapshot the unedited model, run ``edit(model)`` (timed), score the edited one.
 
     ``edit`` returns the edited model, or ``(edited_model, weights_copy)`` as EasyEdit's
@@ -263,8 +264,9 @@ def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], A
     ``probabilities`` (CounterFact's probability scores) and the greedy answers to the first
     ``answers`` prompts. After it: :func:`evaluate_requests` (with generation exact match
     when ``generation``), the probability scores and the answers again; ``per_edit`` keeps
-    each score's per-request lists in ``after`` (see :func:`evaluate_requests`)."""
-    kw = {"progress": progress}
+    each score's per-request lists in ``after`` (see :func:`evaluate_requests`);
+    ``batch_size``: prompts per scoring forward (1 for an editor that routes whole batches)."""
+    kw = {"progress": progress, "batch_size": batch_size}
     prompts = [r["prompt"] for r in requests[:answers]]
     loc_before = locality_snapshot(model, tok, requests, **kw)
     before: Dict[str, Any] = {}

@@ -81,3 +81,31 @@ def test_a_module_the_model_lacks_is_named(resume, tiny_model):
     hp = types.SimpleNamespace(rewrite_module_tmp="transformer.h.{}.mlp.c_proj", layers=[1])
     with pytest.raises(KeyError, match="transformer.h.1.mlp.c_proj.weight"):
         resume.rewritten(tiny_model, hp)
+
+
+needs_easyedit = pytest.mark.skipif(
+    not __import__("locft_easyedit.easyedit", fromlist=["x"]).easyedit_available(),
+    reason="EasyEdit is not installed here; run with its venv")
+
+
+@needs_easyedit
+def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path):
+    """FT-M, 20 tiny edits: paused after its first saved state (10 calls), resumed by the same
+    command, the row is the row of an uninterrupted run, and its state folder is gone."""
+    import json
+    import sys
+
+    run = _load("run")
+    args = ["--model", "tiny", "--methods", "ft-m", "--datasets", "zsre", "--n", "20",
+            "--threads", "1", "--python", sys.executable]
+    paused = tmp_path / "paused.jsonl"
+    assert run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"]) == []
+    (state,) = (tmp_path / "tmp" / "resume").iterdir()
+    assert json.loads((state / "state.json").read_text())["chunks_done"] == 10
+    (resumed,) = run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"])
+    (whole,) = run.main(args + ["--out", str(tmp_path / "whole.jsonl")])
+    assert resumed["runs"] == 2 and "runs" not in whole
+    for key in ("reliability", "generalization", "locality", "reliability_ci95",
+                "cap_known_facts_acc_after"):
+        assert resumed[key] == whole[key], key
+    assert not state.exists()
