@@ -30,13 +30,15 @@ def test_twenty_zsre_edits_land_and_unrelated_answers_survive(embedded, zsre_pat
     same_start = sum(first(a) == first(b) for a, b in zip(before_answers, after_answers)) / 20
 
     assert pre["reliability"] < 0.3
+    # measured with the shipped YAML (layer 26, preserve_weight 4, null_space_energy 0.9),
+    # one thread, 2026-12-02:
     assert post["reliability"] >= 0.95          # measured 1.00
     assert post["reliability_em"] >= 0.8        # measured 1.00
-    assert post["generalization"] >= 0.7        # measured 0.90 (generation EM 0.75)
-    # Greedy answers (cut at ".", newline or EOS) to the unrelated prompts: measured with the
-    # shipped YAML (layer 26, preserve_weight 4), 0.80 keep their first word, 0.15 stay
-    # identical as a whole (edited models stop earlier: training appends EOS).
+    assert post["generalization"] >= 0.7        # measured 0.84 (generation EM 0.65)
+    # Greedy answers (cut at ".", newline or EOS) to the unrelated prompts: 0.85 keep their
+    # first word, 0.30 stay identical as a whole (edited models stop earlier: training
+    # appends EOS).
     assert same_start >= 0.6, (same_start, list(zip(before_answers, after_answers)))
-    # EasyEdit's neighbourhood score on these 20 edits' ZsRE loc prompts: measured 0.76
+    # EasyEdit's neighbourhood score on these 20 edits' ZsRE loc prompts: measured 0.85
     assert post["locality"] >= 0.65, post
     assert list(weights_copy) == [f"model.layers.{hp.layers[0]}.mlp.down_proj.weight"]
