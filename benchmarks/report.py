@@ -37,12 +37,37 @@ COST = [("cap_known_facts_acc_after", "known facts after"),
         ("load_avg_1min_at_start", "load at start")]
 
 
+def combine_seeds(rows: list) -> dict:
+    """One row for runs with several seeds: each figure's mean, its standard deviation over
+    the seeds (``<figure>_sd``) instead of an interval, and ``seeds``."""
+    import statistics
+
+    out = {k: v for k, v in rows[-1].items() if not k.endswith("_ci95")}
+    for key in {k for k, v in rows[0].items() if isinstance(v, (int, float))
+                and not isinstance(v, bool)}:
+        values = [r.get(key) for r in rows]
+        if key in ("n", "seed") or any(not isinstance(v, (int, float)) for v in values):
+            continue
+        out[key] = statistics.fmean(values)
+        out[key + "_sd"] = statistics.stdev(values)
+    out["seeds"] = sorted(r["seed"] for r in rows)
+    return out
+
+
 def load_rows(path) -> list:
-    latest = {}
+    """The latest row of each method x dataset x N x model; where rows of two or more seeds
+    exist (``run.py --seeds``), their :func:`combine_seeds` row instead."""
+    latest, seeded = {}, {}
     for line in Path(path).read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            latest[(r["method"], r["dataset"], r["n"], r["model"])] = r
+            key = (r["method"], r["dataset"], r["n"], r["model"])
+            latest[key] = r
+            if r.get("seed") is not None:
+                seeded.setdefault(key, {})[r["seed"]] = r
+    for key, by_seed in seeded.items():
+        if len(by_seed) >= 2:
+            latest[key] = combine_seeds(list(by_seed.values()))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(latest.values(), key=lambda r: (r["model"], r["dataset"], r["n"],
                                                   order.get(r["method"], 99)))
@@ -61,7 +86,10 @@ def _ci_key(key: str) -> str:
 
 
 def _with_ci(r: dict, key: str) -> str:
-    """The value, and its 95% interval when the row has one: ``0.644 (0.611-0.676)``."""
+    """The value, and its 95% interval when the row has one: ``0.644 (0.611-0.676)``; over
+    seeds, the mean and standard deviation: ``0.644 ± 0.012 (3 seeds)``."""
+    if r.get(key + "_sd") is not None and r.get(key) is not None:
+        return f"{_fmt(r[key])} ± {_fmt(float(r[key + '_sd']))} ({len(r['seeds'])} seeds)"
     ci = r.get(_ci_key(key))
     if ci is None or r.get(key) is None:
         return _fmt(r.get(key))

@@ -435,7 +435,9 @@ def run_one(args) -> dict:
     method, dataset, n = args.one
     n = int(n)
     load_at_start = os.getloadavg()[0]  # other jobs on the machine slow every timing
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed or 0)
+    if args.seed is not None and method.startswith("locft"):  # the method's own seed too
+        args.overrides = {**args.overrides, "seed": args.seed}
     requests = requests_for(dataset, n, args.offset)  # data problems surface before the model
     model, tok, model_dir = load(args.model)
     out = Path(args.out).resolve()
@@ -472,6 +474,7 @@ def run_one(args) -> dict:
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
+            **({"seed": args.seed} if args.seed is not None else {}),
             **({"overrides": args.overrides} if args.overrides else {}),
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
             **intervals, "bootstrap_resamples": RESAMPLES,
@@ -508,7 +511,7 @@ def settings_digest(method: str, locft_yaml: str, overrides=None) -> str:
 
 def row_key(r: dict) -> tuple:
     return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"),
-            tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0))
+            tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0), r.get("seed"))
 
 
 def finished(out: Path) -> set:
@@ -563,6 +566,10 @@ def main(argv=None) -> list:
                     help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M) after "
                          "the first call that ends past this many minutes of editing; its "
                          "state is saved and the same command goes on from there")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[],
+                    help="one row per seed (LocFT's own seed and torch's); without it one row "
+                         "with the YAML's seed")
+    ap.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # one row's
     ap.add_argument("--state", help=argparse.SUPPRESS)  # a row's state folder (set by main)
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "DATASET", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -587,14 +594,15 @@ def main(argv=None) -> list:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = finished(out)
     missing = easyedit_available(args.python)
-    grid = [(m, d, n) for n in args.n for d in args.datasets for m in args.methods]
+    grid = [(m, d, n, seed) for n in args.n for d in args.datasets for m in args.methods
+            for seed in (args.seeds or [None])]
     rows = []
     from tqdm.auto import tqdm
 
-    for method, dataset, n in tqdm(grid, desc="benchmark rows", unit="row"):
+    for method, dataset, n, seed in tqdm(grid, desc="benchmark rows", unit="row"):
         digest = settings_digest(method, args.hparams, args.overrides)
         if (args.label or method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks),
-                args.offset) in done:
+                args.offset, seed) in done:
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in NEEDS_EASYEDIT:
@@ -607,9 +615,10 @@ def main(argv=None) -> list:
         cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
         cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
         cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
+        cmd += ["--seed", str(seed)] if seed is not None else []
         cmd += ["--set", *args.set] if args.set else []
         state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
-                                        f"{digest}_{args.offset}"))
+                                        f"{digest}_{args.offset}_{seed}"))
         cmd += ["--state", str(state.folder)]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
@@ -628,6 +637,7 @@ def main(argv=None) -> list:
              "--n", str(n), "--model", args.model]
             + (["--threads", str(args.threads)] if args.threads else [])
             + (["--offset", str(args.offset)] if args.offset else [])
+            + (["--seeds", str(seed)] if seed is not None else [])
             + (["--label", args.label] if args.label else [])
             + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
         with open(out, "a") as f:

@@ -135,7 +135,9 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
     assert run.settings_digest("locft-bf", str(commented)) == bf["settings_sha256"]
     changed = tmp_path / "changed.yaml"
     changed.write_text(shipped.read_text() + "\nseed: 7\n")
-    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)), ())
+    key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)), (), 0,
+           None)
+    assert run.row_key(bf) == key[:4] + (bf["settings_sha256"],) + key[5:]
     assert key != run.row_key(bf) and key not in run.finished(out)
     ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
     assert ftm["settings_sha256"] == run.settings_digest("ft-m", str(changed))
@@ -183,11 +185,11 @@ def test_label_offset_and_overrides_make_their_own_row(rows):
     tuned = out.parent / "tuned.jsonl"  # the same folder: the cached capability baseline
     argv = ["--model", "tiny", "--methods", "locft-bf", "--datasets", "zsre", "--n", "4",
             "--threads", "1", "--out", str(tuned), "--offset", "1000", "--label", "bf-e5",
-            "--set", "num_epochs=5"]
+            "--set", "num_epochs=5", "--seeds", "3"]
     (row,) = run.main(argv)
-    assert (row["method"], row["base_method"], row["offset"], row["overrides"]) == \
-        ("bf-e5", "locft-bf", 1000, {"num_epochs": 5})
-    assert row["command"].endswith("--offset 1000 --label bf-e5 --set num_epochs=5")
+    assert (row["method"], row["base_method"], row["offset"], row["overrides"], row["seed"]) == \
+        ("bf-e5", "locft-bf", 1000, {"num_epochs": 5, "seed": 3}, 3)
+    assert row["command"].endswith("--offset 1000 --seeds 3 --label bf-e5 --set num_epochs=5")
     shipped = str(REPO / "hparams" / "smollm2-135m.yaml")
     assert row["settings_sha256"] == run.settings_digest("locft-bf", shipped, {"num_epochs": 5})
     assert row["settings_sha256"] != got[0]["settings_sha256"]
@@ -196,4 +198,4 @@ def test_label_offset_and_overrides_make_their_own_row(rows):
     assert dev[0]["prompt"] != run.requests_for("zsre", 1)[0]["prompt"]
     assert run.main(argv) == []  # finished: skipped
     with pytest.raises(SystemExit):
-        run.main(argv[:-2] + ["--methods", "locft-bf", "ft-m"])  # one label, two methods
+        run.main(argv + ["--methods", "locft-bf", "ft-m"])  # one label, two methods

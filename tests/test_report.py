@@ -30,3 +30,20 @@ def test_losses_count_only_intervals_apart():
                  "| zsre | 1000 | memit | `h.yaml` | - | - | - | `run memit` |"):
         assert part in doc, part
     assert report.losses(rows[:1]) == "- nowhere in these rows"
+
+
+def test_rows_of_several_seeds_show_mean_and_spread(tmp_path):
+    import json
+
+    report = _load("report")
+    rows = [dict(_row("locft-bf", rel, [rel - 0.01, rel + 0.01], 0.6, [0.5, 0.7]), seed=seed)
+            for seed, rel in ((0, 0.97), (1, 0.99), (2, 0.98))]
+    rows.append(_row("memit", 0.6, [0.55, 0.65], 0.85, [0.83, 0.87]))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = {r["method"]: r for r in report.load_rows(path)}
+    bf = got["locft-bf"]
+    assert bf["seeds"] == [0, 1, 2] and "reliability_ci95" not in bf
+    assert abs(bf["reliability"] - 0.98) < 1e-12 and abs(bf["reliability_sd"] - 0.01) < 1e-12
+    assert "| zsre | 1000 | locft-bf | 0.980 ± 0.010 (3 seeds) |" in report.table([bf])
+    assert "seeds" not in got["memit"]
