@@ -67,7 +67,6 @@ LEFT_PADDED = ("ft-m", "ultraedit", "wise")  # as EasyEdit's BaseEditor pads for
 # scored one prompt at a time, each prompt is routed on its own
 SCORE_BATCH = {"wise": 1}
 WISE_LOC_RECORDS = (1500, 2000)  # ZsRE records whose NQ questions no row edits or scores
-STATS_TOKENS = 50_000  # tokens of the statistics part used for the second moments
 EMBEDDED = "embedded:smollm2-135m"
 SAVE_EVERY = {"rome": 10, "ft-m": 10}  # calls between saved states (others: every call)
 PAUSED = 3  # exit status of a row that ran out of --max-minutes (its state is saved)
@@ -103,7 +102,7 @@ def ensure_stats(model, tok, hp) -> dict:
                                     hp.mom2_dtype, hp.mom2_n_samples)
                 for n in (hp.rewrite_module_tmp.format(l) for l in layers)}
 
-    info_path = Path(hp.stats_dir) / "corpus.json"
+    info_path = Path(hp.stats_dir) / f"corpus_{hp.mom2_n_samples}.json"
     if all(p.is_file() for p in cache_paths(hp.layers).values()) and info_path.is_file():
         return json.loads(info_path.read_text())
     # every layer up to the deepest one asked for, in one pass that stops there
@@ -129,7 +128,8 @@ def ensure_stats(model, tok, hp) -> dict:
         return f
 
     stats_text = corpus_parts()[0]
-    chunks = _token_chunks(tok, stats_text, 256, STATS_TOKENS // 256)
+    # mom2_n_samples tokens of the statistics part (all of it, if it has fewer)
+    chunks = _token_chunks(tok, stats_text, 256, hp.mom2_n_samples // 256)
     handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
     try:
         from tqdm.auto import tqdm
@@ -231,9 +231,14 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
                              "n_iter": 10}}.get(cfg["alg_name"], {"layers": [1, 2]}))
         if "v_loss_layer" in cfg:
             cfg["v_loss_layer"] = 3
-    for key in ("stats_dir", "P_loc"):
-        if cfg.get(key) == "auto":
-            cfg[key] = str(stats_dir / "null_space_project.pt") if key == "P_loc" else str(stats_dir)
+    if cfg.get("stats_dir") == "auto":
+        cfg["stats_dir"] = str(stats_dir)
+    if cfg.get("P_loc") == "auto":  # AlphaEdit computes its projection once and reuses the
+        # file: one file per (layers, threshold, statistics), never a stale one
+        tag = hashlib.sha256(json.dumps([cfg["layers"], cfg["nullspace_threshold"],
+                                         cfg["mom2_n_samples"], cfg["mom2_dtype"]],
+                                        default=str).encode()).hexdigest()[:12]
+        cfg["P_loc"] = str(stats_dir / f"null_space_project_{tag}.pt")
     # through the class's own from_hparams (it converts '5e-3'-style strings, WISE splits
     # act_margin, ...), from the settings as this row has them
     import tempfile
