@@ -307,6 +307,23 @@ def markdown(rows, source: str, plot_dir=None, tuning=None) -> str:
     return "\n".join(parts)
 
 
+BEGIN, END = "<!-- report.py: begin (generated; do not edit) -->", "<!-- report.py: end -->"
+
+
+def write_markdown(path: Path, doc: str) -> None:
+    """Write ``doc`` to ``path``; if ``path`` already holds the BEGIN / END markers, only what
+    lies between them is replaced (one level deeper, without the title), the rest kept."""
+    if path.is_file() and BEGIN in path.read_text() and END in path.read_text():
+        text = path.read_text()
+        body = "\n".join(("#" + line if line.startswith("## ") else line)
+                         for line in doc.splitlines()[1:]).strip("\n")
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+    else:
+        path.write_text(doc)
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,7 +332,9 @@ def main(argv=None) -> str:
     ap.add_argument("--plots", default=None, help="folder for the PNG plots")
     ap.add_argument("--md", default=None, metavar="PATH",
                     help="write the whole comparison document (tables, intervals, where "
-                         "LocFT-BF loses, the baselines' tuning, plots, provenance) to PATH")
+                         "LocFT-BF loses, the baselines' tuning, plots, provenance) to PATH; "
+                         "into a file with the report.py markers (benchmarks/RESULTS.md), "
+                         "between them")
     ap.add_argument("--tuning", default=str(Path(__file__).resolve().parent / "results" /
                                             "tuning.jsonl"),
                     help="tuning rows of benchmarks/tune_baselines.py for --md")
@@ -335,7 +354,7 @@ def main(argv=None) -> str:
         import tune_baselines
 
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
-        Path(args.md).write_text(markdown(rows, args.jsonl, args.plots, tuning))
+        write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning))
         print(f"wrote {args.md}")
     return text
 

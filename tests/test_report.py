@@ -47,3 +47,18 @@ def test_rows_of_several_seeds_show_mean_and_spread(tmp_path):
     assert abs(bf["reliability"] - 0.98) < 1e-12 and abs(bf["reliability_sd"] - 0.01) < 1e-12
     assert "| zsre | 1000 | locft-bf | 0.980 ± 0.010 (3 seeds) |" in report.table([bf])
     assert "seeds" not in got["memit"]
+
+
+def test_markdown_goes_between_the_markers_of_an_existing_file(tmp_path):
+    report = _load("report")
+    doc = "# Title\n\nintro\n\n## Edit quality\n\n| t |\n"
+    target = tmp_path / "RESULTS.md"
+    target.write_text(f"# Results\n\n## Side by side\n\nkept\n{report.BEGIN}\nold\n"
+                      f"{report.END}\n\n## Later\nkept too\n")
+    report.write_markdown(target, doc)
+    assert target.read_text() == (f"# Results\n\n## Side by side\n\nkept\n{report.BEGIN}\n"
+                                  f"intro\n\n### Edit quality\n\n| t |\n{report.END}\n\n"
+                                  "## Later\nkept too\n")
+    fresh = tmp_path / "NEW.md"
+    report.write_markdown(fresh, doc)
+    assert fresh.read_text() == doc
