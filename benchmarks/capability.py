@@ -22,12 +22,12 @@ the task's documents (``*_ci95``), from lm-eval's per-document samples.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,18 +76,30 @@ def fact_candidates(records=KNOWN_RECORDS) -> list:
     return out
 
 
+def data_file(task: str, docs: list) -> Path:
+    """``docs`` as a JSON-lines file under the user's cache, named by its content (the same
+    documents are the same file, so ``datasets`` reuses what it prepared from it)."""
+    from locft_easyedit.models import cache_dir
+
+    text = "".join(json.dumps(d, sort_keys=True) + "\n" for d in docs)
+    path = cache_dir() / "lm_eval" / f"{task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
 def task_configs(data: dict) -> list:
     """The shipped task YAMLs as lm-eval task dicts, each reading ``data[task]`` (a list of
-    documents) from a JSON-lines file written to a temporary folder."""
+    documents) from its :func:`data_file`."""
     import yaml
 
-    folder = Path(tempfile.mkdtemp(prefix="locft-lm-eval-"))
     configs = []
     for task, docs in data.items():
         cfg = yaml.safe_load((TASK_DIR / f"{task}.yaml").read_text())
-        path = folder / f"{task}.jsonl"
-        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
-        cfg["dataset_kwargs"] = {"data_files": {cfg["test_split"]: str(path)}}
+        cfg["dataset_kwargs"] = {"data_files": {cfg["test_split"]: str(data_file(task, docs))}}
         configs.append(cfg)
     return configs
 

@@ -45,3 +45,17 @@ def test_summarize_gives_lm_eval_metrics_and_intervals_over_documents(cap):
     assert math.exp(3.5) < low < math.exp(4.0) < high < math.exp(4.5)
     low, high = out["t_acc_ci95"]  # 0.5 +- 1.96 * sqrt(0.25 / 100) = +-0.098
     assert low == pytest.approx(0.40, abs=0.02) and high == pytest.approx(0.60, abs=0.02)
+
+
+def test_task_data_files_are_named_by_their_content(cap, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    docs = [{"text": "a"}, {"text": "b"}]
+    first = cap.data_file("t", docs)
+    assert first.parent == tmp_path / "locft_easyedit" / "lm_eval"
+    assert first == cap.data_file("t", [dict(d) for d in docs])  # same content, same file
+    assert first != cap.data_file("t", docs[:1])
+    assert first.read_text() == '{"text": "a"}\n{"text": "b"}\n'
+    (cfg,) = cap.task_configs({cap.HELDOUT: docs})
+    assert cfg["task"] == cap.HELDOUT and cfg["output_type"] == "loglikelihood_rolling"
+    assert cfg["dataset_kwargs"] == {"data_files": {"test": str(cap.data_file(cap.HELDOUT,
+                                                                               docs))}}
