@@ -23,7 +23,8 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:  # tune_baselines, loaded from a file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit")
+METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit", "ultraedit",
+                "wise")
 QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
            ("generalization", "gen (tok)"), ("generalization_em", "gen (EM)"),
            ("locality", "loc")]
@@ -171,7 +172,10 @@ def plots(rows, out_dir) -> list:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     datasets = sorted({r["dataset"] for r in rows})
-    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
+    # the known methods in their order, then any other (a --label: LocFT with other options)
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)] + sorted(
+        {r["method"] for r in rows} - set(METHOD_ORDER))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     metrics = [("reliability", "reliability (token acc)"),
                ("reliability_em", "reliability (generation EM)"),
                ("generalization", "generalization (token acc)"),
@@ -186,7 +190,7 @@ def plots(rows, out_dir) -> list:
         for m in methods:
             x, y = series(ds, m, key)
             if x:
-                ax.plot(x, y, marker="o", label=m)
+                ax.plot(x, y, marker="o", label=m, color=colour[m])
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
@@ -249,7 +253,7 @@ def plots(rows, out_dir) -> list:
                     lo, hi = r["reliability_ci95"]
                     yerr = [[r["reliability"] - lo], [hi - r["reliability"]]]
                 ax.errorbar(r["locality"], r["reliability"], xerr=xerr, yerr=yerr, fmt="o",
-                            color=f"C{METHOD_ORDER.index(m) if m in METHOD_ORDER else 9}",
+                            color=colour[m],
                             label=m, capsize=2)
                 ax.annotate(f"N={r['n']}", (r["locality"], r["reliability"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
