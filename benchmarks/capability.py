@@ -40,7 +40,12 @@ HELDOUT, KNOWN = "locft_heldout_text", "locft_known_facts"
 DOC_CHARS = 2000  # held-out documents: paragraphs joined up to about this many characters
 KNOWN_RECORDS = (1500, 2000)  # CounterFact records no run edits (runs take <= 1,000 from 0)
 COUNTERFACT = "counterfact_2k.json"
-PROTOCOL = 1  # bump when the tasks or their data change: cached baselines are recomputed
+# one document a forward: the held-out documents are ~1,000 tokens, and lm-eval keeps a whole
+# batch's logits (16 of them: ~3 GB with a 49K vocabulary), which would be the row's peak memory
+BATCH = 1
+# bump when the tasks, their data or how they run change: cached baselines are recomputed
+# (1: 16 documents a forward, the rows of 2026-12-02; 2: one)
+PROTOCOL = 2
 
 logger = logging.getLogger("benchmarks.capability")
 
@@ -148,7 +153,7 @@ def summarize(name: str, metrics: dict, samples: list) -> dict:
     return out
 
 
-def known_facts(model, tok, batch_size: int = 16) -> list:
+def known_facts(model, tok, batch_size: int = BATCH) -> list:
     """The record indices of :func:`fact_candidates` the model answers right (lm-eval's
     accuracy): call it on the UNEDITED model, once per model."""
     cands = fact_candidates()
@@ -158,7 +163,7 @@ def known_facts(model, tok, batch_size: int = 16) -> list:
 
 
 def capability(model, tok, known: list | None = None, tasks: list | None = None,
-               batch_size: int = 16) -> dict:
+               batch_size: int = BATCH) -> dict:
     """Row fields (``cap_<task>_<metric>``, ``..._ci95``, ``..._docs``) of the local tasks on
     ``model``: held-out perplexity, and known-fact accuracy on the records ``known`` (from
     :func:`known_facts` on the unedited model; skipped when None). ``tasks``: lm-eval task
@@ -185,7 +190,7 @@ def main(argv=None) -> dict:
                     help="embedded:smollm2-135m, a local folder, or 'tiny'")
     ap.add_argument("--write", metavar="DIR", help="only write the task data files to DIR "
                     "(held-out text and every candidate fact) and stop")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

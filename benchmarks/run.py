@@ -273,10 +273,10 @@ def baseline(model, tok, model_arg: str, out: Path, tasks=None) -> dict:
     res = {**capability(model, tok, known, tasks), "known_records": known}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res))
-    return res
+    return {**res, "computed_here": True}
 
 
-def capability(model, tok, known, tasks=None, batch_size: int = 16) -> dict:
+def capability(model, tok, known, tasks=None, batch_size: int = 1) -> dict:
     """``cap_*`` fields of ``model`` (lm-eval on the local tasks, or on ``tasks``)."""
     import capability as cap
 
@@ -462,6 +462,9 @@ def run_one(args) -> dict:
                             probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
                             progress=True, per_edit=True,
                             batch_size=SCORE_BATCH.get(method, 32))
+    # the peak of the process up to here: loading, the baseline's capability pass when this
+    # row computed it (then said in capability_baseline_here), editing and scoring
+    peak_editing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
     seconds += extra.pop("seconds_in_earlier_runs", 0.0)  # a resumed row: its whole editing
     post = {k: v for k, v in scored.after.items() if k not in ("probability", "per_edit")}
@@ -474,8 +477,7 @@ def run_one(args) -> dict:
                          scored.after["probability"]["per_edit"].items()})
     intervals = {f"{k}_ci95": v for k, v in bootstrap_ci(per_edit).items()}
     sample = requests[:SAMPLE_ANSWERS]
-    after_cap = capability(model, tok, before_cap["known_records"], tasks,
-                           batch_size=SCORE_BATCH.get(method, 16))
+    after_cap = capability(model, tok, before_cap["known_records"], tasks)
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
@@ -488,7 +490,10 @@ def run_one(args) -> dict:
             **({"lm_eval_tasks": tasks} if tasks else {}),
             "lm_eval_version": after_cap["lm_eval_version"],
             "seconds": seconds, "seconds_per_edit": seconds / n,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mb": peak_editing,
+            "peak_rss_mb_with_capability": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 1024,
+            **({"capability_baseline_here": True} if before_cap.get("computed_here") else {}),
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, "
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
