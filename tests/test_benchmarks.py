@@ -166,6 +166,8 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
 def test_counterfact_row_has_probability_scores(tmp_path):
     needs_lm_eval()
     run = _load("run")
+    if not (run.DATA_DIR / "counterfact_2k.json").is_file():
+        pytest.skip(f"{run.DATA_DIR}/counterfact_2k.json is missing (set LOCFT_SHARED_DATA)")
     out = tmp_path / "cf.jsonl"
     (row,) = run.main(["--model", "tiny", "--methods", "locft-bf", "--datasets", "counterfact",
                        "--n", "6", "--threads", "1", "--out", str(out)])
