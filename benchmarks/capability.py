@@ -81,12 +81,17 @@ def fact_candidates(records=KNOWN_RECORDS) -> list:
     return out
 
 
+def jsonl(docs: list) -> str:
+    """``docs`` as JSON lines (keys sorted: the same documents, the same text)."""
+    return "".join(json.dumps(d, sort_keys=True) + "\n" for d in docs)
+
+
 def data_file(task: str, docs: list) -> Path:
     """``docs`` as a JSON-lines file under the user's cache, named by its content (the same
     documents are the same file, so ``datasets`` reuses what it prepared from it)."""
     from locft_easyedit.models import cache_dir
 
-    text = "".join(json.dumps(d, sort_keys=True) + "\n" for d in docs)
+    text = jsonl(docs)
     path = cache_dir() / "lm_eval" / f"{task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,9 +202,9 @@ def main(argv=None) -> dict:
     if args.write:
         folder = Path(args.write)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, docs in ((f"{HELDOUT[6:]}.jsonl", heldout_documents()),
+        for name, docs in (("heldout_text.jsonl", heldout_documents()),
                            ("known_facts.jsonl", fact_candidates())):
-            (folder / name).write_text("".join(json.dumps(d) + "\n" for d in docs))
+            (folder / name).write_text(jsonl(docs))
             logger.info("wrote %s (%d documents)", folder / name, len(docs))
         return {}
     if args.threads:
