@@ -27,6 +27,8 @@ if str(REPO) not in sys.path:  # use this checkout's package without installing 
 DATA_ENV = "LOCFT_SHARED_DATA"
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 TINY = "tiny"
+DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
+              "wikibigedit": "wikibigedit_2k.json"}  # in the shared data folder
 CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
 TINY_NAME = "tiny-llama"  # the tiny model's _name_or_path (EasyEdit's stats path is built from it)
 

@@ -28,14 +28,13 @@ settings (SHA-256 of the parsed YAML the row runs with) are skipped, so a sweep 
     python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
     python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
 
-ROME, MEMIT and AlphaEdit need EasyEdit (run with its venv's python); their covariance
-statistics are computed offline from the first 90% of ``pydoc_data.topics`` and written into
-EasyEdit's own statistics cache, so nothing is downloaded.
+ROME, MEMIT, AlphaEdit, UltraEdit and WISE need EasyEdit (run with its venv's python); how
+each runs, and its covariance statistics (computed offline, nothing downloaded), are in
+``benchmarks/baselines.py``.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
@@ -51,111 +50,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
+import baselines  # noqa: E402  (EasyEdit's methods: FT-M, ROME, MEMIT, AlphaEdit, ...)
+from baselines import NEEDS_EASYEDIT, easyedit_available, easyedit_yaml  # noqa: E402
 from resume import ChunkState, Paused  # noqa: E402
-from common import (CORPUS_SPLIT, REPO, TINY, corpus_parts, data_dir, data_path,  # noqa: E402
-                    add_set_argument, load, parse_sets, tiny_hparams)
+from common import (DATA_FILES, REPO, TINY, add_set_argument, data_dir, data_path,  # noqa: E402
+                    load, parse_sets, tiny_hparams)
 
 DATA_DIR = data_dir()  # the shared data folder (common.data_dir; the tests read it here)
-DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
-              "wikibigedit": "wikibigedit_2k.json"}
 METHODS = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit", "ultraedit", "wise")
-EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
-                    "ultraedit": "ULTRAEDIT", "wise": "WISE"}
-NEEDS_EASYEDIT = ("rome", "memit", "alphaedit", "ultraedit", "wise")  # FT-M has a stand-in
-LEFT_PADDED = ("ft-m", "ultraedit", "wise")  # as EasyEdit's BaseEditor pads for them
 # WISE routes a whole batch to its side memory or not, from the batch's mean activation:
 # scored one prompt at a time, each prompt is routed on its own
 SCORE_BATCH = {"wise": 1}
-WISE_LOC_RECORDS = (1500, 2000)  # ZsRE records whose NQ questions no row edits or scores
 EMBEDDED = "embedded:smollm2-135m"
-SAVE_EVERY = {"rome": 10, "ft-m": 10}  # calls between saved states (others: every call)
 PAUSED = 3  # exit status of a row that ran out of --max-minutes (its state is saved)
 SAMPLE_ANSWERS = 8  # each row keeps the greedy answers to its first 8 edit prompts
 
 logger = logging.getLogger("benchmarks.run")
-
-
-# --- corpus (common.corpus_parts: statistics part, held-out part) ---------------------------
-def _token_chunks(tok, text: str, window: int, limit: int):
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    ids = ids[: limit * window]
-    return [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)]
-
-
-def stats_cache_path(stats_dir: Path, model, layer_name: str, ds_name: str,
-                     precision: str, sample_size: int) -> Path:
-    """Where EasyEdit's ``layer_stats`` looks for its cached second moment."""
-    model_name = model.config._name_or_path.rsplit("/")[-1]
-    return (Path(stats_dir) / model_name / f"{ds_name}_stats" /
-            f"{layer_name}_{precision}_mom2_{sample_size}.npz")
-
-
-def ensure_stats(model, tok, hp) -> dict:
-    """Write Σxxᵀ of the input of every ``rewrite_module_tmp`` layer, from the statistics part
-    of pydoc_data.topics, into EasyEdit's cache (``mom2.mom2``, ``mom2.count``,
-    ``sample_size``), unless it is already there. Returns the corpus description."""
-    import numpy as np
-    import torch
-
-    def cache_paths(layers) -> dict:
-        return {n: stats_cache_path(Path(hp.stats_dir), model, n, hp.mom2_dataset,
-                                    hp.mom2_dtype, hp.mom2_n_samples)
-                for n in (hp.rewrite_module_tmp.format(l) for l in layers)}
-
-    info_path = Path(hp.stats_dir) / f"corpus_{hp.mom2_n_samples}.json"
-    if all(p.is_file() for p in cache_paths(hp.layers).values()) and info_path.is_file():
-        return json.loads(info_path.read_text())
-    # every layer up to the deepest one asked for, in one pass that stops there
-    paths = cache_paths(range(max(hp.layers) + 1))
-    names = list(paths)
-    dtype = getattr(torch, hp.mom2_dtype)
-    acc = {n: [None, 0] for n in names}
-    mods = dict(model.named_modules())
-    state = {}
-
-    class _Stop(Exception):
-        pass
-
-    def hook(name):
-        def f(mod, inp):
-            x = inp[0][state["mask"]].to(dtype)
-            if acc[name][0] is None:
-                acc[name][0] = torch.zeros(x.shape[1], x.shape[1], dtype=dtype)
-            acc[name][0] += x.T @ x
-            acc[name][1] += x.shape[0]
-            if name == names[-1]:
-                raise _Stop
-        return f
-
-    stats_text = corpus_parts()[0]
-    # mom2_n_samples tokens of the statistics part (all of it, if it has fewer)
-    chunks = _token_chunks(tok, stats_text, 256, hp.mom2_n_samples // 256)
-    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        from tqdm.auto import tqdm
-        with torch.no_grad():
-            for c in tqdm(chunks, desc="covariance stats", unit="chunk"):
-                ids = torch.tensor([c])
-                state["mask"] = torch.ones_like(ids, dtype=torch.bool)
-                try:
-                    model(input_ids=ids)
-                except _Stop:  # nothing above the deepest statistics layer is needed
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    for n, (mom2, count) in acc.items():
-        paths[n].parent.mkdir(parents=True, exist_ok=True)
-        np.savez(paths[n], **{"mom2.constructor":
-                              np.array("easyeditor.util.runningstats.SecondMoment()"),
-                              "mom2.count": np.array(count), "mom2.mom2": mom2.numpy(),
-                              "sample_size": np.array(hp.mom2_n_samples)})
-    info = {"corpus": "pydoc_data.topics (CPython %s), sorted keys, first %d%% of %d chars"
-                      % (platform.python_version(), CORPUS_SPLIT * 100,
-                         len(stats_text) / CORPUS_SPLIT),
-            "tokens": sum(len(c) for c in chunks), "window": 256}
-    info_path.write_text(json.dumps(info))
-    return info
 
 
 # --- data, hparams (models: common.load) -------------------------------------------------------
@@ -204,58 +114,6 @@ def locft_hparams(method: str, model_arg: str, hparams_path: str, overrides=None
     return hp
 
 
-def easyedit_yaml(method: str) -> Path:
-    """The EasyEdit settings file of ``method`` (ft-m, rome, memit, alphaedit)."""
-    return HERE / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
-
-
-def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Path,
-                     overrides=None):
-    import yaml
-    from easyeditor import (AlphaEditHyperParams, FTHyperParams, MEMITHyperParams,
-                            ROMEHyperParams, UltraEditHyperParams, WISEHyperParams)
-
-    cls = {"ft-m": FTHyperParams, "rome": ROMEHyperParams, "memit": MEMITHyperParams,
-           "alphaedit": AlphaEditHyperParams, "ultraedit": UltraEditHyperParams,
-           "wise": WISEHyperParams}[method]
-    path = easyedit_yaml(method)
-    cfg = {**yaml.safe_load(path.read_text()), **(overrides or {})}
-    cfg["model_name"] = str(model_dir)
-    if "tokenizer_name" in cfg:  # UltraEdit
-        cfg["tokenizer_name"] = str(model_dir)
-    if model_arg == TINY:  # 4 layers
-        cfg.update({"FT": {"layers": [2], "lr": 1e-2}, "ROME": {"layers": [1]},
-                    "ULTRAEDIT": {"inner_params": ["model.layers.1.mlp.gate_proj",
-                                                   "model.layers.2.mlp.up_proj"]},
-                    "WISE": {"inner_params": ["model.layers[2].mlp.down_proj.weight"],
-                             "n_iter": 10}}.get(cfg["alg_name"], {"layers": [1, 2]}))
-        if "v_loss_layer" in cfg:
-            cfg["v_loss_layer"] = 3
-    if cfg.get("stats_dir") == "auto":
-        cfg["stats_dir"] = str(stats_dir)
-    if cfg.get("P_loc") == "auto":  # AlphaEdit computes its projection once and reuses the
-        # file: one file per (layers, threshold, statistics), never a stale one
-        tag = hashlib.sha256(json.dumps([cfg["layers"], cfg["nullspace_threshold"],
-                                         cfg["mom2_n_samples"], cfg["mom2_dtype"]],
-                                        default=str).encode()).hexdigest()[:12]
-        cfg["P_loc"] = str(stats_dir / f"null_space_project_{tag}.pt")
-    # through the class's own from_hparams (it converts '5e-3'-style strings, WISE splits
-    # act_margin, ...), from the settings as this row has them
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        merged = Path(tmp) / path.name
-        merged.write_text(yaml.safe_dump(cfg))
-        hp = cls.from_hparams(str(merged))
-    return hp, str(path.relative_to(REPO))
-
-
-def stats_root() -> Path:
-    from locft_easyedit.models import cache_dir
-
-    return cache_dir() / "easyedit_stats"
-
-
 # --- one row ---------------------------------------------------------------------------------
 def baseline(model, tok, model_arg: str, out: Path, tasks=None) -> dict:
     """Capability of the unedited model (``benchmarks/capability.py``) and the known facts it
@@ -294,9 +152,8 @@ def when_fields(fields: dict, when: str) -> dict:
 
 
 def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
-    """Apply all edits in order; returns ``(hparams description, extra fields)``."""
-    from tqdm.auto import tqdm
-
+    """Apply all edits in order; returns ``(hparams description, extra fields)``: LocFT here,
+    EasyEdit's methods in ``baselines.py``."""
     extra = {}
     if method in ("locft-bf", "locft-df"):
         from locft_easyedit import apply_locft_to_model
@@ -309,7 +166,6 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), extra
     try:
         import easyeditor  # noqa: F401
-        from easyeditor.util.alg_dict import ALG_DICT
     except Exception as exc:  # noqa: BLE001
         if method != "ft-m":
             raise
@@ -323,112 +179,8 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         extra["implementation"] = ("stand-in: LocFT depth_first with FT-M's steps, no EOS "
                                    f"(EasyEdit not importable: {type(exc).__name__})")
         return "ft-m stand-in", extra
-    stats_dir = stats_root() / ("tiny" if model_arg == TINY else "embedded")
-    stats_dir.mkdir(parents=True, exist_ok=True)
-    hp, hp_path = easyedit_hparams(method, model_arg, model_dir, stats_dir, args.overrides)
-    if getattr(hp, "mom2_adjustment", False):
-        extra["stats"] = ensure_stats(model, tok, hp)
-    os.chdir(stats_dir)  # EasyEdit writes ./logs and AlphaEdit's null_space_project.pt here
-    fn = ALG_DICT[EASYEDIT_METHODS[method]]
-    # EasyEdit's BaseEditor pads left for FT, UltraEdit and WISE, right for ROME/MEMIT/AlphaEdit
-    tok.padding_side = "left" if method in LEFT_PADDED else "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if method == "ultraedit":
-        extra.update(ultraedit_edits(fn, model, tok, requests, hp))
-        return hp_path, extra
-    if method == "wise":
-        extra.update(wise_edits(fn, model, tok, requests, hp))
-        return hp_path, extra
-    size = 1 if method in ("ft-m", "rome") else hp.batch_size
-    chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
-    module = sys.modules[fn.__module__]  # its globals carry state between calls
-    state = ChunkState(args.state) if args.state else None
-    done, spent, runs = state.load(model, hp, method, module) if state else (0, 0.0, 0)
-    if done:
-        logger.info("%s: resuming after %d of %d calls (%.0f s of editing in %d earlier "
-                    "run(s))", method, done, len(chunks), spent, runs)
-    every = SAVE_EVERY.get(method, 1)
-    t0 = time.perf_counter()
-    for k in tqdm(range(done, len(chunks)), initial=done, total=len(chunks),
-                  desc=f"{method} edits", unit="call"):
-        # AlphaEdit: a fresh cache_c on the first call of the row (not of a resumed run)
-        kwargs = {"reset_cache": k == 0} if method == "alphaedit" else {}
-        fn(model, tok, copy.deepcopy(chunks[k]), hp, copy=False, return_orig_weights=False,
-           keep_original_weight=True, **kwargs)
-        if state and ((k + 1) % every == 0 or k + 1 == len(chunks)):
-            elapsed = time.perf_counter() - t0
-            state.save(model, hp, method, module, k + 1, spent + elapsed, runs + 1)
-            if args.max_minutes and elapsed > 60 * args.max_minutes and k + 1 < len(chunks):
-                raise Paused(f"{method}: {k + 1} of {len(chunks)} calls done, state in "
-                             f"{state.folder}")
-    extra["easyedit_calls"] = len(chunks)
-    if runs:
-        extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
-    return hp_path, extra
-
-
-def ultraedit_edits(fn, model, tok, requests, hp) -> dict:
-    """UltraEdit's lifelong turns: calls of ``hp.batch_size`` requests, all through ONE
-    UltraEdit object, so that its lifelong normalizer carries over from turn to turn (EasyEdit
-    builds a new one on every call unless its executor's ``is_init`` says it exists; only the
-    weights would carry over). A call takes exactly ``batch_size`` requests, in groups of
-    ``batch_size_once``, and silently drops any beyond: turns are cut to fit."""
-    from tqdm.auto import tqdm
-
-    once = hp.batch_size_once
-    if len(requests) % once:
-        raise SystemExit(f"ultraedit: N={len(requests)} is not a multiple of batch_size_once "
-                         f"{once}; UltraEdit would drop the last {len(requests) % once} edits")
-    size = max(once, hp.batch_size - hp.batch_size % once)
-    turns = [requests[i:i + size] for i in range(0, len(requests), size)]
-    executor = fn.__self__
-    executor.is_init = False  # a fresh UltraEdit (and normalizer) for this row
-    try:
-        for turn in tqdm(turns, desc="ultraedit turns", unit="call"):
-            hp.batch_size = len(turn)
-            fn(model, tok, copy.deepcopy(turn), hp, copy=False, return_orig_weights=False,
-               keep_original_weight=True)
-            executor.is_init = True  # the next turn goes on with the same object
-    finally:
-        executor.is_init = False
-        for p in model.parameters():  # UltraEdit leaves its gradients on the edited weights
-            p.grad = None
-    return {"easyedit_calls": len(turns), "turn_size": size}
-
-
-def wise_loc_prompts() -> list:
-    """The irrelevant texts WISE's activation loss pushes away from its side memory, one per
-    edit: NQ question + answer of ZsRE records ``WISE_LOC_RECORDS``, which no row edits or
-    scores (EasyEdit's examples take the edited record's own ``loc``: the very prompt its
-    locality is then scored on)."""
-    from locft_easyedit.datasets import read_json
-
-    recs = read_json(data_path(DATA_FILES["zsre"]))[slice(*WISE_LOC_RECORDS)]
-    return [f"{r['loc']} {r['loc_ans']}" for r in recs if r.get("loc") and r.get("loc_ans")]
-
-
-def wise_edits(fn, model, tok, requests, hp) -> dict:
-    """WISE one request per call, sequentially: the side memory of the first call is kept
-    and trained on by every later one (``sequential_edit``, not a field of its hparams; without
-    it each call replaces the memory). The adapter is installed in ``model`` itself, so the
-    model scores with it. Module globals of a previous run are reset first."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    wise = sys.modules[fn.__module__.rsplit(".", 1)[0] + ".WISE"]
-    utils = sys.modules[fn.__module__.rsplit(".", 1)[0] + ".utils"]
-    wise.edit_history, wise.merge_group_edit_history = [], []
-    utils.CONTEXT_TEMPLATES_CACHE = None
-    sys.modules[fn.__module__].WISEload = True
-    hp.sequential_edit = True
-    np.random.seed(0)  # WISE draws its weight mask with numpy
-    locs = wise_loc_prompts()
-    for i, r in enumerate(tqdm(requests, desc="wise edits", unit="edit")):
-        fn(model, tok, [dict(copy.deepcopy(r), loc_prompt=locs[i % len(locs)])], hp, copy=False)
-    return {"easyedit_calls": len(requests),
-            "wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-{WISE_LOC_RECORDS[1] - 1} "
-                                "NQ question + answer"}
+    return baselines.easyedit_edits(method, model, tok, requests, model_arg, model_dir,
+                                    args.overrides, args.state, args.max_minutes)
 
 
 def run_one(args) -> dict:
@@ -538,15 +290,6 @@ def state_folder(out: Path, method: str, dataset: str, n: int, model: str, diges
     """Where a chunked row keeps its resumable state (beside ``out``, git-ignored)."""
     tag = f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
     return out.parent / "tmp" / "resume" / tag
-
-
-def easyedit_available(python: str) -> str | None:
-    """None if ``python`` imports easyeditor, else the reason."""
-    r = subprocess.run([python, "-c", "import easyeditor"], capture_output=True, text=True)
-    if r.returncode == 0:
-        return None
-    lines = (r.stderr or r.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit {r.returncode}"
 
 
 def main(argv=None) -> list:

@@ -132,7 +132,7 @@ def main(argv=None) -> str:
         return text
     import run
 
-    missing = run.easyedit_available(args.python)
+    missing = run.baselines.easyedit_available(args.python)
     if missing:  # run.py would skip the rows, or run FT-M's stand-in: not what is tuned here
         raise SystemExit(f"the baselines are tuned through EasyEdit, which {args.python} "
                          f"cannot import ({missing}): pass --python with EasyEdit's venv")
