@@ -199,7 +199,8 @@ def run_one(args) -> dict:
     model, tok, model_dir = load(args.model)
     out = Path(args.out).resolve()
     tasks = args.lm_eval_tasks or None
-    before_cap = baseline(model, tok, args.model, out, tasks)
+    # dev rows (--no-capability) choose by edit scores alone: no lm-eval pass
+    before_cap = None if args.no_capability else baseline(model, tok, args.model, out, tasks)
     done = {}
 
     def edit(m):
@@ -229,7 +230,17 @@ def run_one(args) -> dict:
                          scored.after["probability"]["per_edit"].items()})
     intervals = {f"{k}_ci95": v for k, v in bootstrap_ci(per_edit).items()}
     sample = requests[:SAMPLE_ANSWERS]
-    after_cap = capability(model, tok, before_cap["known_records"], tasks)
+    cap = {}
+    if before_cap is not None:
+        after_cap = capability(model, tok, before_cap["known_records"], tasks)
+        cap = {**when_fields(before_cap, "before"), **when_fields(after_cap, "after"),
+               "capability_protocol": after_cap["capability_protocol"],
+               **({"lm_eval_tasks": tasks} if tasks else {}),
+               "lm_eval_version": after_cap["lm_eval_version"],
+               **({"capability_baseline_here": True} if before_cap.get("computed_here")
+                  else {}),
+               "peak_rss_mb_with_capability":
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
@@ -237,15 +248,8 @@ def run_one(args) -> dict:
             **({"overrides": args.overrides} if args.overrides else {}),
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
             **intervals, "bootstrap_resamples": RESAMPLES,
-            **when_fields(before_cap, "before"), **when_fields(after_cap, "after"),
-            "capability_protocol": after_cap["capability_protocol"],
-            **({"lm_eval_tasks": tasks} if tasks else {}),
-            "lm_eval_version": after_cap["lm_eval_version"],
-            "seconds": seconds, "seconds_per_edit": seconds / n,
+            **cap, "seconds": seconds, "seconds_per_edit": seconds / n,
             "peak_rss_mb": peak_editing,
-            "peak_rss_mb_with_capability": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 1024,
-            **({"capability_baseline_here": True} if before_cap.get("computed_here") else {}),
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, "
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
@@ -272,8 +276,11 @@ def settings_digest(method: str, locft_yaml: str, overrides=None) -> str:
 
 
 def row_key(r: dict) -> tuple:
+    """What makes two rows the same row (the last item: whether lm-eval's capability pass ran;
+    rows from before it count as without)."""
     return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"),
-            tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0), r.get("seed"))
+            tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0), r.get("seed"),
+            "capability_protocol" in r)
 
 
 def finished(out: Path) -> set:
@@ -319,6 +326,9 @@ def main(argv=None) -> list:
                     help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M) after "
                          "the first call that ends past this many minutes of editing; its "
                          "state is saved and the same command goes on from there")
+    ap.add_argument("--no-capability", action="store_true",
+                    help="skip lm-eval's capability pass (dev rows for tuning, which choose "
+                         "by reliability, generalization and locality only)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[],
                     help="one row per seed (LocFT's own seed and torch's); without it one row "
                          "with the YAML's seed")
@@ -354,8 +364,10 @@ def main(argv=None) -> list:
 
     for method, dataset, n, seed in tqdm(grid, desc="benchmark rows", unit="row"):
         digest = settings_digest(method, args.hparams, args.overrides)
-        if (args.label or method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks),
-                args.offset, seed) in done:
+        key = (args.label or method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks),
+               args.offset, seed)
+        # a row with the capability pass also serves a sweep that asks for none
+        if key + (True,) in done or (args.no_capability and key + (False,) in done):
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in NEEDS_EASYEDIT:
@@ -369,6 +381,7 @@ def main(argv=None) -> list:
         cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
         cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
         cmd += ["--seed", str(seed)] if seed is not None else []
+        cmd += ["--no-capability"] if args.no_capability else []
         cmd += ["--set", *args.set] if args.set else []
         state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
                                         f"{digest}_{args.offset}_{seed}"))
@@ -392,6 +405,7 @@ def main(argv=None) -> list:
             + (["--offset", str(args.offset)] if args.offset else [])
             + (["--seeds", str(seed)] if seed is not None else [])
             + (["--label", args.label] if args.label else [])
+            + (["--no-capability"] if args.no_capability else [])
             + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

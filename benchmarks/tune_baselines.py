@@ -141,7 +141,8 @@ def main(argv=None) -> str:
             sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
             run.main(["--methods", method, "--datasets", DEV_DATASET, "--n", str(DEV_N),
                       "--offset", str(DEV_OFFSET), "--label", label(method, overrides),
-                      "--model", args.model, "--out", args.out, "--python", args.python]
+                      "--model", args.model, "--out", args.out, "--python", args.python,
+                      "--no-capability"]
                      + (["--set", *sets] if sets else [])
                      + (["--threads", str(args.threads)] if args.threads else [])
                      + (["--max-minutes", str(args.max_minutes)] if args.max_minutes else []))
