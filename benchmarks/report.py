@@ -281,7 +281,7 @@ def provenance(rows) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows, source: str, plot_dir=None, tuning=None) -> str:
+def markdown(rows, source: str, plot_dir=None, tuning=None, todo=None) -> str:
     """The whole comparison document, from the rows alone."""
     with_probs = [r for r in rows if r.get("efficacy_score_after") is not None]
     parts = [
@@ -302,6 +302,8 @@ def markdown(rows, source: str, plot_dir=None, tuning=None) -> str:
               losses(rows)]
     if tuning:
         parts += ["", "## The baselines' tuning (dev split)", "", tuning]
+    if todo:
+        parts += ["", "## Rows still to run", "", todo]
     if plot_dir:
         rel = Path(plot_dir)
         parts += ["", "## Plots", ""] + [f"![{n}]({rel.name}/{n})" for n in (
@@ -357,8 +359,12 @@ def main(argv=None) -> str:
     if args.md:
         import tune_baselines
 
+        import planned
+
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
-        write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning))
+        every = [json.loads(x) for x in Path(args.jsonl).read_text().splitlines() if x.strip()]
+        write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
+                                               planned.markdown(every)))
         print(f"wrote {args.md}")
     return text
 

@@ -62,3 +62,45 @@ def test_markdown_goes_between_the_markers_of_an_existing_file(tmp_path):
     fresh = tmp_path / "NEW.md"
     report.write_markdown(fresh, doc)
     assert fresh.read_text() == doc
+
+
+def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
+    """A planned row counts only with lm-eval's capability pass, with the settings its YAML
+    holds now, and one row per planned seed; the rest is listed with its command."""
+    planned, run = _load("planned"), _load("run")
+    shipped = "hparams/smollm2-135m.yaml"
+    digest = run.settings_digest("locft-bf", str(run.REPO / shipped))
+
+    def row(method, dataset, n, **kw):
+        return {"method": method, "dataset": dataset, "n": n, "model": planned.MODEL,
+                "hparams": shipped, "settings_sha256": digest, "capability_protocol": 2, **kw}
+
+    rows = [row("locft-bf", "zsre", 1000),
+            {k: v for k, v in row("locft-bf", "counterfact", 1000).items()
+             if k != "capability_protocol"},  # made before lm-eval
+            row("locft-bf", "wikibigedit", 1000, settings_sha256="0" * 12),  # YAML changed since
+            row("locft-bf", "zsre", 100, seed=0, overrides={"seed": 0}),
+            row("locft-bf", "zsre", 100, seed=2, overrides={"seed": 2}),
+            row("locft-bf+kp0.003", "zsre", 1000, base_method="locft-bf",
+                overrides={"key_penalty_weight": 0.003, "null_space_energy": 0},
+                settings_sha256=run.settings_digest(
+                    "locft-bf", str(run.REPO / shipped),
+                    {"key_penalty_weight": 0.003, "null_space_energy": 0}))]
+    todo = {(d, n, m): (why, cmd) for d, n, m, why, cmd in planned.still_to_run(rows)}
+    assert ("zsre", 1000, "locft-bf") not in todo
+    assert ("zsre", 1000, "locft-bf+kp0.003") not in todo
+    assert todo[("counterfact", 1000, "locft-bf")][0] == \
+        "its row predates the lm-eval capability pass"
+    assert todo[("wikibigedit", 1000, "locft-bf")][0] == \
+        "its row ran with settings its YAML no longer holds"
+    assert todo[("zsre", 100, "locft-bf")] == (
+        "seeds 1 still to run",
+        "python benchmarks/run.py --methods locft-bf --datasets zsre --n 100 --threads 1 "
+        "--seeds 1")
+    assert todo[("counterfact", 1000, "locft-bf+kp0.003")][1].endswith(
+        "--label locft-bf+kp0.003 --set key_penalty_weight=0.003 null_space_energy=0")
+    assert todo[("zsre", 1000, "memit")] == (
+        "no row yet", "$EASYEDIT_PY benchmarks/run.py --methods memit --datasets zsre --n 1000 "
+        "--threads 1 --python $EASYEDIT_PY --max-minutes 100")
+    assert len(todo) == len(planned.PLANNED) + len(planned.SEEDS) - 2
+    assert planned.markdown(rows).splitlines()[0].startswith(f"{len(todo)} of the ")

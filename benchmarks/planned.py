@@ -1,0 +1,117 @@
+"""The side-by-side the comparison asks for, and which of its rows are still to run.
+
+A planned row counts as done when ``results/edit_quality.jsonl`` holds a row of that method,
+dataset and N (on the embedded model) that ran lm-eval's capability pass, with the settings
+its YAML holds NOW (the row's ``settings_sha256`` = ``run.settings_digest`` of today's file:
+a baseline re-tuned after its row ran needs the row again), and, where seeds are planned, one
+such row per seed. ``report.py --md`` lists the rest under "Rows still to run", each with the
+command that makes it; ``python benchmarks/planned.py`` prints the same list.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+MODEL = "embedded:smollm2-135m"
+# LocFT-BF with the strongest locality option of benchmarks/LOCALITY.md (issue 18's frontier:
+# key penalty 0.003 instead of the shipped null-space projection), as its own method name
+LOCALITY_LABEL = "locft-bf+kp0.003"
+LABELS = {LOCALITY_LABEL: ("locft-bf", ["key_penalty_weight=0.003", "null_space_energy=0"])}
+PLANNED = (
+    [("zsre", 1000, m) for m in ("locft-bf", LOCALITY_LABEL, "locft-df", "ft-m", "memit",
+                                 "alphaedit", "ultraedit", "wise")]
+    + [("counterfact", 1000, m) for m in ("locft-bf", LOCALITY_LABEL, "locft-df", "ft-m",
+                                          "ultraedit", "wise")]
+    + [("wikibigedit", 1000, m) for m in ("locft-bf", "ft-m", "ultraedit")]
+    + [(d, 100, m) for d in ("zsre", "counterfact", "wikibigedit")
+       for m in ("rome", "memit", "alphaedit")])
+SEEDS = {("zsre", 100, "locft-bf"): (0, 1, 2)}  # LocFT-BF's spread over seeds
+EASYEDIT_PYTHON = "$EASYEDIT_PY"  # the EasyEdit venv's python (benchmarks/EASYEDIT.md)
+MAX_MINUTES = 100  # long EasyEdit rows pause and resume (run.py --max-minutes)
+
+
+def _current_digest(method: str, row: dict) -> str:
+    import run
+
+    base = row.get("base_method", method)
+    overrides = dict(row.get("overrides") or {})
+    if row.get("seed") is not None:  # run.py adds the seed to a row's overrides, not its digest
+        overrides.pop("seed", None)
+    hparams = run.REPO / row["hparams"] if base.startswith("locft") else None
+    if hparams is not None and not hparams.is_file():
+        return ""
+    return run.settings_digest(base, str(hparams or ""), overrides)
+
+
+def command(dataset: str, n: int, method: str, seeds=()) -> str:
+    base, sets = LABELS.get(method, (method, []))
+    easyedit = not base.startswith("locft")
+    parts = [EASYEDIT_PYTHON if easyedit else "python", "benchmarks/run.py", "--methods", base,
+             "--datasets", dataset, "--n", str(n), "--threads", "1"]
+    parts += ["--seeds", *map(str, seeds)] if seeds else []
+    parts += ["--python", EASYEDIT_PYTHON] if easyedit else []
+    parts += ["--max-minutes", str(MAX_MINUTES)] if base in ("rome", "memit", "alphaedit",
+                                                             "ft-m") else []
+    parts += ["--label", method, "--set", *sets] if sets else []
+    return " ".join(parts)
+
+
+def still_to_run(rows) -> list:
+    """``[(dataset, n, method, why, command)]`` for every planned row not done (all rows of
+    the JSON lines, not only the latest of each)."""
+    have = {}
+    for r in rows:
+        if r.get("model") == MODEL:
+            have.setdefault((r["dataset"], r["n"], r["method"]), []).append(r)
+    out = []
+    for dataset, n, method in PLANNED + [k for k in SEEDS if k not in PLANNED]:
+        found = have.get((dataset, n, method), [])
+        with_cap = [r for r in found if "capability_protocol" in r]
+        current = [r for r in with_cap if r.get("settings_sha256") == _current_digest(method, r)]
+        want = SEEDS.get((dataset, n, method), ())
+        if not found:
+            why, missing = "no row yet", want
+        elif not with_cap:
+            why, missing = "its row predates the lm-eval capability pass", want
+        elif not current:
+            why, missing = "its row ran with settings its YAML no longer holds", want
+        else:
+            missing = [s for s in want if s not in {r.get("seed") for r in current}]
+            if not missing:
+                continue
+            why = "seeds " + " ".join(map(str, missing)) + " still to run"
+        out.append((dataset, n, method, why, command(dataset, n, method, missing)))
+    return out
+
+
+def markdown(rows) -> str:
+    todo = still_to_run(rows)
+    if not todo:
+        return "- none: every planned row exists with the current settings"
+    return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows "
+                      f"(`{EASYEDIT_PYTHON}`: the EasyEdit venv's python, benchmarks/EASYEDIT.md; "
+                      "a row already there is skipped, a paused one goes on):", ""]
+                     + [f"- {d} N={n} {m}: {why}. `{cmd}`" for d, n, m, why, cmd in todo])
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("jsonl", nargs="?", default=str(HERE / "results" / "edit_quality.jsonl"))
+    args = ap.parse_args(argv)
+    path = Path(args.jsonl)
+    rows = ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if path.is_file() else [])
+    text = markdown(rows)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
