@@ -10,6 +10,7 @@ AlphaEdit's covariance statistics are computed offline from the first 90% of
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -30,7 +31,7 @@ EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit":
 NEEDS_EASYEDIT = ("rome", "memit", "alphaedit", "ultraedit", "wise")  # FT-M has a stand-in
 LEFT_PADDED = ("ft-m", "ultraedit", "wise")  # as EasyEdit's BaseEditor pads for them
 WISE_LOC_RECORDS = (1500, 2000)  # ZsRE records whose NQ questions no row edits or scores
-SAVE_EVERY = {"rome": 10, "ft-m": 10}  # calls between saved states (others: every call)
+SAVE_EVERY = {"rome": 10, "ft-m": 10, "wise": 10}  # calls between saved states (others: every call)
 
 logger = logging.getLogger("benchmarks.baselines")
 
@@ -194,7 +195,7 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         extra.update(ultraedit_edits(fn, model, tok, requests, hp))
         return hp_path, extra
     if method == "wise":
-        extra.update(wise_edits(fn, model, tok, requests, hp))
+        extra.update(wise_edits(fn, model, tok, requests, hp, state_folder, max_minutes))
         return hp_path, extra
     size = 1 if method in ("ft-m", "rome") else hp.batch_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
@@ -264,11 +265,13 @@ def wise_loc_prompts() -> list:
     return [f"{r['loc']} {r['loc_ans']}" for r in recs if r.get("loc") and r.get("loc_ans")]
 
 
-def wise_edits(fn, model, tok, requests, hp) -> dict:
+def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None) -> dict:
     """WISE one request per call, sequentially: the side memory of the first call is kept
     and trained on by every later one (``sequential_edit``, not a field of its hparams; without
     it each call replaces the memory). The adapter is installed in ``model`` itself, so the
-    model scores with it. Module globals of a previous run are reset first."""
+    model scores with it. Module globals of a previous run are reset first. With
+    ``state_folder`` WISE's checkpoint is saved every ``SAVE_EVERY["wise"]`` edits and a run
+    that finds one goes on from it (an edit takes about 80 s on one core here)."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -276,15 +279,52 @@ def wise_edits(fn, model, tok, requests, hp) -> dict:
     utils = sys.modules[fn.__module__.rsplit(".", 1)[0] + ".utils"]
     wise.edit_history, wise.merge_group_edit_history = [], []
     utils.CONTEXT_TEMPLATES_CACHE = None
-    sys.modules[fn.__module__].WISEload = True
+    sys.modules[fn.__module__].WISEload = True  # WISE loads load_path on its next call
     hp.sequential_edit = True
     np.random.seed(0)  # WISE draws its weight mask with numpy
+    state = ChunkState(state_folder) if state_folder else None
+    done, spent, runs, ckpt = state.load_wise(utils) if state else (0, 0.0, 0, None)
+    hp.load_path = str(ckpt) if ckpt else None
+    if done:
+        logger.info("wise: resuming after %d of %d edits (%.0f s of editing in %d earlier "
+                    "run(s))", done, len(requests), spent, runs)
     locs = wise_loc_prompts()
-    for i, r in enumerate(tqdm(requests, desc="wise edits", unit="edit")):
-        fn(model, tok, [dict(copy.deepcopy(r), loc_prompt=locs[i % len(locs)])], hp, copy=False)
+    every = SAVE_EVERY["wise"]
+    t0 = time.perf_counter()
+    for i in tqdm(range(done, len(requests)), initial=done, total=len(requests),
+                  desc="wise edits", unit="edit"):
+        request = [dict(copy.deepcopy(requests[i]), loc_prompt=locs[i % len(locs)])]
+        with _own_pickle(ckpt is not None and i == done):
+            editor, _ = fn(model, tok, request, hp, copy=False)
+        if state and ((i + 1) % every == 0 or i + 1 == len(requests)):
+            elapsed = time.perf_counter() - t0
+            state.save_wise(editor, utils, i + 1, spent + elapsed, runs + 1)
+            if max_minutes and elapsed > 60 * max_minutes and i + 1 < len(requests):
+                raise Paused(f"wise: {i + 1} of {len(requests)} edits done, state in "
+                             f"{state.folder}")
     return {"easyedit_calls": len(requests),
             "wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-{WISE_LOC_RECORDS[1] - 1} "
-                                "NQ question + answer"}
+                                "NQ question + answer",
+            **({"seconds_in_earlier_runs": spent, "runs": runs + 1} if runs else {})}
+
+
+@contextlib.contextmanager
+def _own_pickle(allowed: bool):
+    """``WISE.load`` reads its checkpoint with ``torch.load`` and no ``weights_only``; since
+    torch 2.6 that refuses the hparams and activation records pickled in it. The file is the
+    one this row wrote (``resume.ChunkState.save_wise``): for that one call, full unpickling."""
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    if allowed:
+        os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if allowed:
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
 
 
 def easyedit_available(python: str) -> str | None:

@@ -57,7 +57,7 @@ def command(dataset: str, n: int, method: str, seeds=()) -> str:
     parts += ["--seeds", *map(str, seeds)] if seeds else []
     parts += ["--python", EASYEDIT_PYTHON] if easyedit else []
     parts += ["--max-minutes", str(MAX_MINUTES)] if base in ("rome", "memit", "alphaedit",
-                                                             "ft-m") else []
+                                                             "ft-m", "wise") else []
     parts += ["--label", method, "--set", *sets] if sets else []
     return " ".join(parts)
 

@@ -6,7 +6,10 @@ The state of a row, in its own folder: the weights the method rewrites (the modu
 method's EasyEdit module that carry over between calls (AlphaEdit's running key covariance
 ``cache_c``; the context templates ROME / MEMIT / AlphaEdit sample once, on their first call,
 ``CONTEXT_TEMPLATES_CACHE``: a resumed row goes on with the same ones), how many chunks are
-done and the editing seconds spent so far. The tensors of a save are written under names that carry its
+done and the editing seconds spent so far. WISE keeps its edits in a side memory beside the
+weights: its state is WISE's own checkpoint (``WISE.save``, loaded back through its
+``load_path``), its context templates and numpy's random state (it draws its weight masks
+with numpy). The tensors of a save are written under names that carry its
 chunk count, then ``state.json`` (atomically: a temporary file, then a rename) points at them,
 then the older files go: a run killed while saving leaves the previous state whole.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 STATE = "state.json"
 WEIGHTS, CACHE_C = "weights-{}.pt", "cache_c-{}.pt"  # .format(chunks done)
+WISE_CKPT = "wise-{}.pt"  # WISE's own checkpoint (WISE.save): side memories, masks, history
 TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
 
 
@@ -84,16 +88,50 @@ class ChunkState:
         has_cache = getattr(module, "cache_c_new", False)
         if has_cache:
             torch.save(module.cache_c, self.folder / CACHE_C.format(chunks_done))
-        state = {"method": method, "chunks_done": chunks_done, "seconds": seconds,
-                 "runs": runs, "cache_c": bool(has_cache),
-                 "context_templates": getattr(module, TEMPLATES, None)}
+        self._commit({"method": method, "chunks_done": chunks_done, "seconds": seconds,
+                      "runs": runs, "cache_c": bool(has_cache),
+                      "context_templates": getattr(module, TEMPLATES, None)})
+
+    def save_wise(self, editor, utils, edits_done: int, seconds: float, runs: int) -> None:
+        """WISE after ``edits_done`` edits: ``editor`` (the WISE object of the last call)
+        writes its checkpoint; ``utils`` is WISE's module holding the context templates."""
+        import numpy as np
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        editor.save(str(self.folder / WISE_CKPT.format(edits_done)))
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        self._commit({"method": "wise", "chunks_done": edits_done, "seconds": seconds,
+                      "runs": runs, "context_templates": getattr(utils, TEMPLATES, None),
+                      "numpy_random": [kind, keys.tolist(), pos, has_gauss, gauss]})
+
+    def load_wise(self, utils) -> tuple:
+        """``(edits done, seconds spent, runs so far, checkpoint path or None)``; restores
+        the context templates into ``utils`` and numpy's random state. WISE itself loads the
+        checkpoint when its hparams' ``load_path`` names it (on the next call's first edit)."""
+        import numpy as np
+
+        path = self.folder / STATE
+        if not path.is_file():
+            return 0, 0.0, 0, None
+        state = json.loads(path.read_text())
+        if state.get("method") != "wise":
+            raise ValueError(f"{self.folder} holds a {state.get('method')} state, not wise")
+        kind, keys, pos, has_gauss, gauss = state["numpy_random"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        setattr(utils, TEMPLATES, state["context_templates"])
+        done = state["chunks_done"]
+        return done, state["seconds"], state.get("runs", 1), self.folder / WISE_CKPT.format(done)
+
+    def _commit(self, state: dict) -> None:
+        """``state.json`` now points at the files of this save; the older files go."""
         _atomic(self.folder / STATE, lambda p: p.write_text(json.dumps(state)))
-        self._drop_files(keep=chunks_done)
+        self._drop_files(keep=state["chunks_done"])
 
     def _drop_files(self, keep=None) -> None:
         if not self.folder.is_dir():
             return
-        mine = {WEIGHTS.format(keep), CACHE_C.format(keep)} if keep is not None else set()
+        mine = ({WEIGHTS.format(keep), CACHE_C.format(keep), WISE_CKPT.format(keep)}
+                if keep is not None else set())
         for path in self.folder.iterdir():
             if path.name.endswith(".pt") and path.name not in mine:
                 path.unlink()

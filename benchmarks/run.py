@@ -323,7 +323,7 @@ def main(argv=None) -> list:
     ap.add_argument("--label", help="the method's name in the row (e.g. a tuning setting or "
                                     "LocFT with other options); one method per label")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M) after "
+                    help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M, WISE) after "
                          "the first call that ends past this many minutes of editing; its "
                          "state is saved and the same command goes on from there")
     ap.add_argument("--no-capability", action="store_true",

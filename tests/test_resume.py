@@ -89,14 +89,17 @@ needs_easyedit = pytest.mark.skipif(
 
 
 @needs_easyedit
-def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path):
-    """FT-M, 20 tiny edits: paused after its first saved state (10 calls), resumed by the same
-    command, the row is the row of an uninterrupted run, and its state folder is gone."""
+@pytest.mark.parametrize("method", ["ft-m", "wise"])
+def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method):
+    """FT-M (its rewritten weights) and WISE (its own checkpoint: side memory, masks, edit
+    history; numpy's random state; its context templates), 20 tiny edits: paused after the
+    first saved state (10 calls), resumed by the same command, the row is the row of an
+    uninterrupted run, and its state folder is gone."""
     import json
     import sys
 
     run = _load("run")
-    args = ["--model", "tiny", "--methods", "ft-m", "--datasets", "zsre", "--n", "20",
+    args = ["--model", "tiny", "--methods", method, "--datasets", "zsre", "--n", "20",
             "--threads", "1", "--python", sys.executable]
     paused = tmp_path / "paused.jsonl"
     assert run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"]) == []
