@@ -323,9 +323,10 @@ def main(argv=None) -> list:
     ap.add_argument("--label", help="the method's name in the row (e.g. a tuning setting or "
                                     "LocFT with other options); one method per label")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="stop a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M, WISE) after "
-                         "the first call that ends past this many minutes of editing; its "
-                         "state is saved and the same command goes on from there")
+                    help="pause a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M, WISE) "
+                         "at its first saved state past this many minutes of editing (MEMIT "
+                         "and AlphaEdit save after every call; ROME, FT-M, WISE every 10); the "
+                         "same command goes on from there")
     ap.add_argument("--no-capability", action="store_true",
                     help="skip lm-eval's capability pass (dev rows for tuning, which choose "
                          "by reliability, generalization and locality only)")
