@@ -49,6 +49,13 @@ def _current_digest(method: str, row: dict) -> str:
     return run.settings_digest(base, str(hparams or ""), overrides)
 
 
+def is_stale(row: dict) -> bool:
+    """Whether ``row`` ran with settings its YAML no longer holds (a seed-combined row of
+    ``report.load_rows`` is judged by its last seed's row)."""
+    return (row.get("settings_sha256") is not None
+            and row["settings_sha256"] != _current_digest(row["method"], row))
+
+
 def command(dataset: str, n: int, method: str, seeds=()) -> str:
     base, sets = LABELS.get(method, (method, []))
     easyedit = not base.startswith("locft")
@@ -73,7 +80,7 @@ def still_to_run(rows) -> list:
     for dataset, n, method in PLANNED + [k for k in SEEDS if k not in PLANNED]:
         found = have.get((dataset, n, method), [])
         with_cap = [r for r in found if "capability_protocol" in r]
-        current = [r for r in with_cap if r.get("settings_sha256") == _current_digest(method, r)]
+        current = [r for r in with_cap if not is_stale(r)]
         want = SEEDS.get((dataset, n, method), ())
         if not found:
             why, missing = "no row yet", want

@@ -101,7 +101,8 @@ def table(rows, columns=QUALITY) -> str:
     head = ["dataset", "N", "method"] + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        method = r["method"] + (" (stand-in)" if "implementation" in r else "")
+        method = (r["method"] + (" (stand-in)" if "implementation" in r else "")
+                  + (" (old settings)" if r.get("stale") else ""))
         cells = [r["dataset"], str(r["n"]), method] + [_with_ci(r, k) for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -363,6 +364,8 @@ def main(argv=None) -> str:
 
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
         every = [json.loads(x) for x in Path(args.jsonl).read_text().splitlines() if x.strip()]
+        for r in rows:  # made with a YAML that has changed since (planned.py lists its re-run)
+            r["stale"] = planned.is_stale(r)
         write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
                                                planned.markdown(every)))
         print(f"wrote {args.md}")

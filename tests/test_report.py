@@ -104,3 +104,7 @@ def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
         "--threads 1 --python $EASYEDIT_PY --max-minutes 100")
     assert len(todo) == len(planned.PLANNED) + len(planned.SEEDS) - 2
     assert planned.markdown(rows).splitlines()[0].startswith(f"{len(todo)} of the ")
+    assert planned.is_stale(rows[2]) and not planned.is_stale(rows[0])
+    report = _load("report")
+    assert "| wikibigedit | 1000 | locft-bf (old settings) |" in report.table(
+        [dict(rows[2], stale=True)])
