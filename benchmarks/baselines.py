@@ -22,10 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import CORPUS_SPLIT, DATA_FILES, REPO, TINY, corpus_parts, data_path
-from resume import ChunkState, Paused
-
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
+    sys.path.insert(0, str(HERE))
+
+from common import CORPUS_SPLIT, DATA_FILES, REPO, TINY, corpus_parts, data_path  # noqa: E402
+from resume import ChunkState, Paused  # noqa: E402
+
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
                     "ultraedit": "ULTRAEDIT", "wise": "WISE"}
 NEEDS_EASYEDIT = ("rome", "memit", "alphaedit", "ultraedit", "wise")  # FT-M has a stand-in
@@ -213,16 +216,26 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         kwargs = {"reset_cache": k == 0} if method == "alphaedit" else {}
         fn(model, tok, copy.deepcopy(chunks[k]), hp, copy=False, return_orig_weights=False,
            keep_original_weight=True, **kwargs)
-        if state and ((k + 1) % every == 0 or k + 1 == len(chunks)):
-            elapsed = time.perf_counter() - t0
-            state.save(model, hp, method, module, k + 1, spent + elapsed, runs + 1)
-            if max_minutes and elapsed > 60 * max_minutes and k + 1 < len(chunks):
-                raise Paused(f"{method}: {k + 1} of {len(chunks)} calls done, state in "
-                             f"{state.folder}")
+        _save_or_pause(state, k + 1, len(chunks), every, t0, max_minutes, f"{method} calls",
+                       lambda s: state.save(model, hp, method, module, k + 1, spent + s, runs + 1))
     extra["easyedit_calls"] = len(chunks)
     if runs:
         extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
     return hp_path, extra
+
+
+def _save_or_pause(state, done: int, total: int, every: int, t0: float, max_minutes,
+                   what: str, save) -> None:
+    """After ``done`` of ``total`` steps of a row: with a ``state``, every ``every`` steps and
+    after the last, ``save(editing seconds of this run)``; then, past ``max_minutes`` of this
+    run's editing with steps left, raise ``Paused`` (the state just saved is where the next
+    run goes on)."""
+    if state is None or (done % every and done < total):
+        return
+    elapsed = time.perf_counter() - t0
+    save(elapsed)
+    if max_minutes and elapsed > 60 * max_minutes and done < total:
+        raise Paused(f"{what}: {done} of {total} done, state in {state.folder}")
 
 
 def ultraedit_edits(fn, model, tok, requests, hp) -> dict:
@@ -296,12 +309,8 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
         request = [dict(copy.deepcopy(requests[i]), loc_prompt=locs[i % len(locs)])]
         with _own_pickle(ckpt is not None and i == done):
             editor, _ = fn(model, tok, request, hp, copy=False)
-        if state and ((i + 1) % every == 0 or i + 1 == len(requests)):
-            elapsed = time.perf_counter() - t0
-            state.save_wise(editor, utils, i + 1, spent + elapsed, runs + 1)
-            if max_minutes and elapsed > 60 * max_minutes and i + 1 < len(requests):
-                raise Paused(f"wise: {i + 1} of {len(requests)} edits done, state in "
-                             f"{state.folder}")
+        _save_or_pause(state, i + 1, len(requests), every, t0, max_minutes, "wise edits",
+                       lambda s: state.save_wise(editor, utils, i + 1, spent + s, runs + 1))
     return {"easyedit_calls": len(requests),
             "wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-{WISE_LOC_RECORDS[1] - 1} "
                                 "NQ question + answer",

@@ -112,3 +112,21 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method):
                 "cap_known_facts_acc_after"):
         assert resumed[key] == whole[key], key
     assert not state.exists()
+
+
+def test_save_or_pause_saves_every_k_steps_and_pauses_past_the_budget(tmp_path):
+    baselines = _load("baselines")
+    state = types.SimpleNamespace(folder=tmp_path)
+    saved = []
+    for done in range(1, 26):  # 25 steps, a save every 10 and after the last; no budget
+        baselines._save_or_pause(state, done, 25, 10, 0.0, None, "x", lambda s: saved.append(done))
+    assert saved == [10, 20, 25]
+    baselines._save_or_pause(None, 10, 25, 10, 0.0, None, "x", lambda s: saved.append(-1))
+    assert saved == [10, 20, 25]  # no state, no save
+    # a budget already spent (t0 far in the past): a save step saves, then pauses
+    with pytest.raises(baselines.Paused, match="x: 20 of 25 done"):
+        baselines._save_or_pause(state, 20, 25, 10, -1e9, 1, "x", lambda s: saved.append(20))
+    assert saved[-1] == 20
+    baselines._save_or_pause(state, 21, 25, 10, -1e9, 1, "x", lambda s: saved.append(21))
+    baselines._save_or_pause(state, 25, 25, 10, -1e9, 1, "x", lambda s: saved.append(25))
+    assert saved[-2:] == [20, 25]  # no save between saves; the last step saves, never pauses
