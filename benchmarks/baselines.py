@@ -5,8 +5,10 @@ state saved between calls (``resume.ChunkState``); UltraEdit's lifelong turns th
 executor; WISE sequentially. Their settings:
 ``benchmarks/easyedit_hparams/<method>_smollm2-135m.yaml`` with the row's ``--set``
 overrides, through each class's own ``from_hparams``. ROME, MEMIT and
-AlphaEdit's covariance statistics are computed offline from the first 90% of
-``pydoc_data.topics`` and written into EasyEdit's own statistics cache (nothing is downloaded).
+AlphaEdit's covariance statistics are computed offline from a local corpus (``mom2_dataset``:
+the first 90% of ``pydoc_data.topics``, or that and the standard library's docstrings;
+``common.stats_corpus``) and written into EasyEdit's own statistics cache (nothing is
+downloaded).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
 
-from common import CORPUS_SPLIT, DATA_FILES, REPO, TINY, corpus_parts, data_path  # noqa: E402
+from common import DATA_FILES, REPO, TINY, data_path, stats_corpus  # noqa: E402
 from resume import ChunkState, Paused  # noqa: E402
 
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
@@ -39,7 +40,7 @@ SAVE_EVERY = {"rome": 10, "ft-m": 10, "wise": 10}  # calls between saved states 
 logger = logging.getLogger("benchmarks.baselines")
 
 
-# --- corpus (common.corpus_parts: statistics part, held-out part) ---------------------------
+# --- covariance statistics (common.stats_corpus) ---------------------------------------
 def _token_chunks(tok, text: str, window: int, limit: int):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     ids = ids[: limit * window]
@@ -55,8 +56,9 @@ def stats_cache_path(stats_dir: Path, model, layer_name: str, ds_name: str,
 
 
 def ensure_stats(model, tok, hp) -> dict:
-    """Write Σxxᵀ of the input of every ``rewrite_module_tmp`` layer, from the statistics part
-    of pydoc_data.topics, into EasyEdit's cache (``mom2.mom2``, ``mom2.count``,
+    """Write Σxxᵀ of the input of every ``rewrite_module_tmp`` layer, from the first
+    ``mom2_n_samples`` tokens of the local corpus ``mom2_dataset`` (``common.stats_corpus``),
+    into EasyEdit's cache (``mom2.mom2``, ``mom2.count``,
     ``sample_size``), unless it is already there. Returns the corpus description."""
     import numpy as np
     import torch
@@ -66,7 +68,8 @@ def ensure_stats(model, tok, hp) -> dict:
                                     hp.mom2_dtype, hp.mom2_n_samples)
                 for n in (hp.rewrite_module_tmp.format(l) for l in layers)}
 
-    info_path = Path(hp.stats_dir) / f"corpus_{hp.mom2_n_samples}.json"
+    stats_text, corpus = stats_corpus(hp.mom2_dataset)  # an unknown name: refused here
+    info_path = Path(hp.stats_dir) / f"corpus_{hp.mom2_dataset}_{hp.mom2_n_samples}.json"
     if all(p.is_file() for p in cache_paths(hp.layers).values()) and info_path.is_file():
         return json.loads(info_path.read_text())
     # every layer up to the deepest one asked for, in one pass that stops there
@@ -91,7 +94,6 @@ def ensure_stats(model, tok, hp) -> dict:
                 raise _Stop
         return f
 
-    stats_text = corpus_parts()[0]
     # mom2_n_samples tokens of the statistics part (all of it, if it has fewer)
     chunks = _token_chunks(tok, stats_text, 256, hp.mom2_n_samples // 256)
     handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
@@ -114,10 +116,7 @@ def ensure_stats(model, tok, hp) -> dict:
                               np.array("easyeditor.util.runningstats.SecondMoment()"),
                               "mom2.count": np.array(count), "mom2.mom2": mom2.numpy(),
                               "sample_size": np.array(hp.mom2_n_samples)})
-    info = {"corpus": "pydoc_data.topics (CPython %s), sorted keys, first %d%% of %d chars"
-                      % (platform.python_version(), CORPUS_SPLIT * 100,
-                         len(stats_text) / CORPUS_SPLIT),
-            "tokens": sum(len(c) for c in chunks), "window": 256}
+    info = {"corpus": corpus, "tokens": sum(len(c) for c in chunks), "window": 256}
     info_path.write_text(json.dumps(info))
     return info
 

@@ -6,7 +6,8 @@ tiny test configuration.
 * models: :func:`load` gives ``(model, tokenizer, model_dir)`` for ``tiny`` (the random Llama
   of the tests), ``embedded:smollm2-135m`` or a local model folder;
 * :func:`corpus_parts`: the local text (CPython's pydoc_data) split into statistics and
-  held-out parts;
+  held-out parts; :func:`stats_corpus`: the text MEMIT / AlphaEdit / ROME's covariance
+  statistics are taken from (``mom2_dataset`` in their YAML: ``STATS_CORPORA``);
 * :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model;
 * ``--set KEY=VALUE`` overrides of hparams fields: :func:`add_set_argument`,
   :func:`with_overrides`.
@@ -16,6 +17,7 @@ puts it there; loaded from a file, the script adds it).
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -56,6 +58,55 @@ def corpus_parts():
     text = "\n\n".join(topics[k] for k in sorted(topics))
     cut = int(len(text) * CORPUS_SPLIT)
     return text[:cut], text[cut:]
+
+
+def _stdlib_docstrings() -> list:
+    """Every docstring (module, class, function) of the installed CPython standard library,
+    files in sorted path order, tests, idlelib, lib2to3, turtledemo and site-packages left
+    out: about 1.3M characters (300K tokens of the embedded model) on CPython 3.11."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "__pycache__"}
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        docs += [d for node in ast.walk(tree)
+                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                      ast.AsyncFunctionDef))
+                 and (d := ast.get_docstring(node))]
+    return docs
+
+
+# mom2_dataset -> what its text is; both hold only the statistics part of pydoc_data.topics
+# (its held-out part is the capability perplexity text)
+STATS_CORPORA = {
+    "pydoc_topics": "pydoc_data.topics, sorted keys, first {split:.0%}",
+    "stdlib_docs": "pydoc_data.topics, sorted keys, first {split:.0%}, then every docstring of "
+                   "the standard library (sorted paths; no tests, idlelib, lib2to3, turtledemo)",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def stats_corpus(name: str) -> tuple:
+    """``(text, description)`` of the covariance-statistics corpus ``name`` (``STATS_CORPORA``);
+    a ``ValueError`` naming the choices for any other name."""
+    import platform
+
+    if name not in STATS_CORPORA:
+        raise ValueError(f"mom2_dataset {name!r} is not a local corpus; choose one of "
+                         f"{sorted(STATS_CORPORA)} (nothing is downloaded)")
+    text = corpus_parts()[0]
+    if name == "stdlib_docs":
+        text = text + "\n\n" + "\n\n".join(_stdlib_docstrings())
+    desc = STATS_CORPORA[name].format(split=CORPUS_SPLIT)
+    return text, f"{desc} (CPython {platform.python_version()}, {len(text)} chars)"
 
 
 def load(model_arg: str, device=None, dtype=None):

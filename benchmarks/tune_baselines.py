@@ -6,7 +6,9 @@ EasyEdit's settings are written for LLaMA3-8B and GPT-J; moved by hand to the em
 from its shipped YAML (``benchmarks/easyedit_hparams/``), on the dev split. For MEMIT and
 AlphaEdit the grid also asks whether a larger local covariance corpus helps:
 ``mom2_n_samples`` 200000 takes the whole statistics part of ``pydoc_data.topics`` (about
-101,671 tokens, twice the shipped 50,000; ``benchmarks/run.py`` caps it at what there is).
+101,671 tokens, twice the shipped 50,000; ``benchmarks/run.py`` caps it at what there is), and
+``mom2_dataset`` ``stdlib_docs`` with 500000 takes that and the standard library's docstrings
+(``common.stats_corpus``: about 400K tokens, eight times the shipped sample).
 
 **Dev split**: ZsRE records 1000-1099 (``--offset 1000 --n 100``); evaluation rows edit from
 record 0 and at most 1,000 requests, so no evaluation edit is tuned on.
@@ -41,16 +43,17 @@ TIE = 0.005
 # one knob at a time from the shipped YAML ({} = the YAML as it is)
 _V = [{"v_lr": 0.1}, {"v_num_grad_steps": 50}, {"clamp_norm_factor": 10},
       {"v_weight_decay": 0.5}]
+_STDLIB = {"mom2_dataset": "stdlib_docs", "mom2_n_samples": 500000}  # the larger corpus
 GRIDS = {
     "ft-m": [{}, {"lr": 1e-3}, {"lr": 1e-2}, {"num_steps": 50}, {"layers": [26]},
              {"layers": [10]}],
     "rome": [{}, {"layers": [3]}, {"layers": [8]}, {"layers": [15]}] + _V,
     "memit": [{}, {"layers": [2, 3, 4, 5, 6]}, {"layers": [8, 9, 10, 11, 12]},
               {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000},
-              {"mom2_n_samples": 200000}] + _V,
+              {"mom2_n_samples": 200000}, _STDLIB] + _V,
     "alphaedit": [{}, {"clamp_norm_factor": 4, "v_weight_decay": 1e-3},
                   {"clamp_norm_factor": 4, "v_weight_decay": 1e-3, "v_lr": 0.5},
-                  {"nullspace_threshold": 1e-2}, {"L2": 10}, {"mom2_n_samples": 200000},
+                  {"nullspace_threshold": 1e-2}, {"L2": 10}, {"mom2_n_samples": 200000}, _STDLIB,
                   {"layers": [8, 9, 10, 11, 12]}],
     # lr: EasyEdit's 1e-6 moves nothing here (the YAML's comment); turns stay 100 edits
     "ultraedit": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
