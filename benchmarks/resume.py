@@ -12,17 +12,23 @@ weights: its state is WISE's own checkpoint (``WISE.save``, loaded back through 
 with numpy). The tensors of a save are written under names that carry its
 chunk count, then ``state.json`` (atomically: a temporary file, then a rename) points at them,
 then the older files go: a run killed while saving leaves the previous state whole.
+
+LocFT rows (:func:`locft_resumable`) use LocFT's own checkpoints (``checkpoint_dir``: the
+row's folder), written every ``LOCFT_CHECKPOINT`` minutes of training; they do not pause, but a
+row killed at any point goes on from its last checkpoint when the same command runs again.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 STATE = "state.json"
 WEIGHTS, CACHE_C = "weights-{}.pt", "cache_c-{}.pt"  # .format(chunks done)
 WISE_CKPT = "wise-{}.pt"  # WISE's own checkpoint (WISE.save): side memories, masks, history
 TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
+LOCFT_CHECKPOINT = {"checkpoint_every_epochs": 0, "checkpoint_every_minutes": 5.0}
 
 
 class Paused(Exception):
@@ -142,3 +148,31 @@ class ChunkState:
         (self.folder / STATE).unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def locft_resumable(hp, folder, method: str) -> tuple:
+    """A LocFT row's settings with its checkpoints in ``folder`` (``LOCFT_CHECKPOINT``; LocFT
+    refuses a checkpoint of other settings or edits), and the row fields of a resumed run:
+    ``(hparams, {"seconds_in_earlier_runs": s, "runs": k} or {})``. The earlier runs' editing
+    counts up to their last checkpoint (its file's time minus when that run started editing):
+    the training after it is done again by this run, which starts its clock now."""
+    from locft_easyedit import LocFTHyperParams
+    from locft_easyedit.locft.checkpoint import FILENAME
+
+    folder = Path(folder)
+    path, ckpt = folder / STATE, folder / FILENAME
+    earlier, runs = 0.0, 0
+    if path.is_file():
+        prev = json.loads(path.read_text())
+        if prev.get("method") != method:
+            raise ValueError(f"{folder} holds a {prev.get('method')} state, not {method}")
+        earlier, runs = prev["seconds"], prev["runs"]
+        if ckpt.is_file() and ckpt.stat().st_mtime > prev["started"]:
+            earlier += ckpt.stat().st_mtime - prev["started"]
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"method": method, "started": time.time(), "seconds": earlier, "runs": runs + 1}
+    _atomic(path, lambda p: p.write_text(json.dumps(state)))
+    hp = LocFTHyperParams.from_dict({**hp.to_dict(), **LOCFT_CHECKPOINT,
+                                     "checkpoint_dir": str(folder), "resume": True},
+                                    source="benchmarks/resume.py")
+    return hp, ({"seconds_in_earlier_runs": earlier, "runs": runs + 1} if runs else {})

@@ -24,6 +24,8 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
 appended to the JSON-lines file as soon as it finishes; rows already there with the same
 settings (SHA-256 of the parsed YAML the row runs with) are skipped, so a sweep can be resumed.
+A row stopped part-way (``--max-minutes``, or a kill) keeps its state beside the results
+(``benchmarks/resume.py``), and the same command goes on from it.
 
     python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
     python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
@@ -52,7 +54,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
     sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (EasyEdit's methods: FT-M, ROME, MEMIT, AlphaEdit, ...)
 from baselines import NEEDS_EASYEDIT, easyedit_available, easyedit_yaml  # noqa: E402
-from resume import ChunkState, Paused  # noqa: E402
+from resume import ChunkState, Paused, locft_resumable  # noqa: E402
 from common import (DATA_FILES, REPO, TINY, add_set_argument, data_dir, data_path,  # noqa: E402
                     load, parse_sets, tiny_hparams)
 
@@ -159,6 +161,8 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         from locft_easyedit import apply_locft_to_model
 
         hp = locft_hparams(method, model_arg, args.hparams, args.overrides)
+        if args.state:  # LocFT's checkpoints: a killed row goes on from its last one
+            hp, extra = locft_resumable(hp, args.state, method)
         apply_locft_to_model(model, tok, requests, hp)
         if model_arg == TINY:
             return "tiny (tests)", extra
@@ -326,7 +330,9 @@ def main(argv=None) -> list:
                     help="pause a chunked EasyEdit row (ROME, MEMIT, AlphaEdit, FT-M, WISE) "
                          "at its first saved state past this many minutes of editing (MEMIT "
                          "and AlphaEdit save after every call; ROME, FT-M, WISE every 10); the "
-                         "same command goes on from there")
+                         "same command goes on from there. LocFT rows do not pause: they "
+                         "checkpoint every 5 minutes of training, and a killed one goes on "
+                         "from its last checkpoint when the same command runs again")
     ap.add_argument("--no-capability", action="store_true",
                     help="skip lm-eval's capability pass (dev rows for tuning, which choose "
                          "by reliability, generalization and locality only)")

@@ -1,4 +1,6 @@
 """Resumable chunked benchmark rows (benchmarks/resume.py) on the tiny model."""
+import logging
+import sys
 import types
 
 import pytest
@@ -130,3 +132,38 @@ def test_save_or_pause_saves_every_k_steps_and_pauses_past_the_budget(tmp_path):
     baselines._save_or_pause(state, 21, 25, 10, -1e9, 1, "x", lambda s: saved.append(21))
     baselines._save_or_pause(state, 25, 25, 10, -1e9, 1, "x", lambda s: saved.append(25))
     assert saved[-2:] == [20, 25]  # no save between saves; the last step saves, never pauses
+
+
+def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, caplog):
+    """LocFT-BF, 20 tiny edits: the first run dies right after its first checkpoint (epoch
+    10); the same command finishes the row from there, and it is the row of a run that was
+    never killed; the earlier run's editing time counts up to its checkpoint."""
+    from locft_easyedit.locft import checkpoint
+
+    run = _load("run")
+    monkeypatch.setattr(sys.modules["resume"], "LOCFT_CHECKPOINT",
+                        {"checkpoint_every_epochs": 10, "checkpoint_every_minutes": None})
+    real_save = checkpoint.Checkpointer.save
+
+    def save_then_die(self, pos, *rest):
+        real_save(self, pos, *rest)
+        raise KeyboardInterrupt  # a kill right after the save
+
+    state = tmp_path / "state"
+    one = ["--one", "locft-bf", "zsre", "20", "--model", "tiny", "--threads", "1",
+           "--no-capability", "--out", str(tmp_path / "rows.jsonl")]
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(one + ["--state", str(state)])
+    saved = torch.load(state / checkpoint.FILENAME, weights_only=True)
+    assert saved["epoch"] == 10
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
+    caplog.set_level(logging.INFO, logger="locft_easyedit")
+    (resumed,) = run.main(one + ["--state", str(state)])
+    assert "resuming from checkpoint" in caplog.text and "10 epochs" in caplog.text
+    (whole,) = run.main(one)
+    assert resumed["runs"] == 2 and "runs" not in whole
+    for key in ("reliability", "generalization", "locality", "reliability_em",
+                "reliability_ci95", "answers_sample"):
+        assert resumed[key] == whole[key], key
+    assert torch.load(state / checkpoint.FILENAME, weights_only=True)["epoch"] > 10
