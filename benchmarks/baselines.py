@@ -29,6 +29,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
 
 from common import DATA_FILES, REPO, TINY, data_path, stats_corpus  # noqa: E402
 from resume import ChunkState, Paused  # noqa: E402
+import target_cache  # noqa: E402
 
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
                     "ultraedit": "ULTRAEDIT", "wise": "WISE"}
@@ -174,10 +175,12 @@ def stats_root() -> Path:
 
 
 def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir: str,
-                   overrides=None, state_folder=None, max_minutes=None):
+                   overrides=None, state_folder=None, max_minutes=None, reuse_targets=False):
     """Apply all ``requests`` in order with EasyEdit's ``method``; returns ``(settings file,
     extra row fields)``. With ``state_folder`` the state is saved between calls and a run
-    that finds one goes on from it; past ``max_minutes`` of editing it raises ``Paused``."""
+    that finds one goes on from it; past ``max_minutes`` of editing it raises ``Paused``.
+    ``reuse_targets`` (MEMIT, AlphaEdit): target vectors another run computed for the same
+    model, requests and settings are read instead of recomputed (``target_cache``)."""
     from easyeditor.util.alg_dict import ALG_DICT
     from tqdm.auto import tqdm
 
@@ -213,7 +216,12 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
                   desc=f"{method} edits", unit="call"):
         # AlphaEdit: a fresh cache_c on the first call of the row (not of a resumed run)
         kwargs = {"reset_cache": k == 0} if method == "alphaedit" else {}
-        fn(model, tok, copy.deepcopy(chunks[k]), hp, copy=False, return_orig_weights=False,
+        chunk = copy.deepcopy(chunks[k])
+        if reuse_targets:
+            kwargs["cache_template"], hits = target_cache.prepare(
+                stats_root().parent / "easyedit_targets", method, module, model, tok, hp, chunk)
+            extra["targets_from_cache"] = extra.get("targets_from_cache", 0) + hits
+        fn(model, tok, chunk, hp, copy=False, return_orig_weights=False,
            keep_original_weight=True, **kwargs)
         _save_or_pause(state, k + 1, len(chunks), every, t0, max_minutes, f"{method} calls",
                        lambda s: state.save(model, hp, method, module, k + 1, spent + s, runs + 1))

@@ -184,7 +184,8 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
                                    f"(EasyEdit not importable: {type(exc).__name__})")
         return "ft-m stand-in", extra
     return baselines.easyedit_edits(method, model, tok, requests, model_arg, model_dir,
-                                    args.overrides, args.state, args.max_minutes)
+                                    args.overrides, args.state, args.max_minutes,
+                                    args.reuse_targets)
 
 
 def run_one(args) -> dict:
@@ -336,6 +337,12 @@ def main(argv=None) -> list:
     ap.add_argument("--no-capability", action="store_true",
                     help="skip lm-eval's capability pass (dev rows for tuning, which choose "
                          "by reliability, generalization and locality only)")
+    ap.add_argument("--reuse-targets", action="store_true",
+                    help="MEMIT / AlphaEdit: read the target vectors an earlier run computed "
+                         "for the same model, requests and every setting they depend on "
+                         "(benchmarks/target_cache.py) instead of recomputing them; the row "
+                         "says how many (targets_from_cache). For tuning grids, whose rows "
+                         "that move only mom2_* / nullspace_threshold / L2 share them")
     ap.add_argument("--seeds", nargs="+", type=int, default=[],
                     help="one row per seed (LocFT's own seed and torch's); without it one row "
                          "with the YAML's seed")
@@ -346,6 +353,10 @@ def main(argv=None) -> list:
     args.overrides = parse_sets(args.set)
     if args.label and len(args.methods) > 1 and not args.one:
         ap.error("--label names one method: give one --methods")
+    if args.reuse_targets and set([args.one[0]] if args.one else args.methods) - {
+            "memit", "alphaedit"}:
+        ap.error("--reuse-targets applies to memit and alphaedit only (the methods whose "
+                 "EasyEdit code takes a cache of target vectors)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch
@@ -389,6 +400,7 @@ def main(argv=None) -> list:
         cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
         cmd += ["--seed", str(seed)] if seed is not None else []
         cmd += ["--no-capability"] if args.no_capability else []
+        cmd += ["--reuse-targets"] if args.reuse_targets else []
         cmd += ["--set", *args.set] if args.set else []
         state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
                                         f"{digest}_{args.offset}_{seed}"))
@@ -413,6 +425,7 @@ def main(argv=None) -> list:
             + (["--seeds", str(seed)] if seed is not None else [])
             + (["--label", args.label] if args.label else [])
             + (["--no-capability"] if args.no_capability else [])
+            + (["--reuse-targets"] if args.reuse_targets else [])
             + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,80 @@
+"""Reuse MEMIT's and AlphaEdit's target vectors between tuning rows that compute the same ones.
+
+Most of a MEMIT / AlphaEdit call is spent finding each request's target vector ``z``
+(``v_num_grad_steps`` steps of gradient descent through the model, ~40 s a request on one
+core here); the rest (keys, covariance, the solve) takes seconds. ``z`` depends on the model
+as the call finds it, the request, the context templates and the ``v_*`` settings, and NOT on
+the covariance knobs (``mom2_*``), AlphaEdit's null-space threshold or ``L2``. So the tuning
+rows that move only those knobs would compute the very vectors the YAML row computed.
+
+EasyEdit already reads and writes such vectors (its ``cache_template``, from the MEMIT
+paper's code: one ``.npz`` per request, named by layer, ``clamp_norm_factor`` and
+``case_id``). Here the folder they go in is named by a SHA-256 of everything else ``z``
+depends on, so a vector is only ever reused where it would be recomputed bit for bit:
+
+* the method;
+* every setting except :data:`Z_FREE` (those ``compute_z`` never reads);
+* the model's weights as the call finds them (a SHA-256 of every parameter's bytes: a later
+  chunk, after earlier edits, gets a folder of its own);
+* the context templates (generated before the key, as the call would) and padding side;
+
+and ``case_id`` is a SHA-256 of the whole request. Only the tuning grid turns it on
+(``run.py --reuse-targets``); its rows record how many vectors came from the cache
+(``targets_from_cache``), and their ``seconds_per_edit`` leaves those vectors' computation out
+(``tune_baselines`` breaks ties on the speed of the row that computed them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+# settings compute_z never reads: the covariance, the projection, the update's regulariser
+Z_FREE = frozenset({"mom2_dataset", "mom2_n_samples", "mom2_dtype", "mom2_update_weight",
+                    "mom2_adjustment", "stats_dir", "nullspace_threshold", "L2", "P_loc"})
+METHODS = ("memit", "alphaedit")  # the apply functions that take a cache_template
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 over every parameter's name, dtype, shape and bytes."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def settings_for_z(hp) -> dict:
+    """The method's settings that ``compute_z`` may read (all but :data:`Z_FREE`)."""
+    return {k: v for k, v in sorted(dataclasses.asdict(hp).items()) if k not in Z_FREE}
+
+
+def case_id(request: dict) -> str:
+    """A name for the request made of all of it."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str)
+                          .encode()).hexdigest()[:20]
+
+
+def prepare(root: Path, method: str, module, model, tok, hp, requests: list) -> tuple:
+    """Before one call of ``method`` on ``requests``: set each request's ``case_id``, and
+    return ``(cache_template for the call, how many of its vectors are already cached)``.
+    ``module`` is the method's EasyEdit module (its context templates are generated here,
+    into its own cache, when the call would generate them)."""
+    if method not in METHODS:
+        raise ValueError(f"{method} takes no cache of target vectors (only {METHODS})")
+    templates = module.get_context_templates(model, tok)
+    key = hashlib.sha256(json.dumps({
+        "method": method, "settings": settings_for_z(hp), "model": model_fingerprint(model),
+        "templates": templates, "padding_side": tok.padding_side,
+    }, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    folder = Path(root) / key
+    template = str(folder / "z_layer{}_clamp{}_{}.npz")
+    hits = 0
+    for r in requests:
+        r["case_id"] = case_id({k: v for k, v in r.items() if k != "case_id"})
+        hits += Path(template.format(hp.layers[-1], hp.clamp_norm_factor, r["case_id"])).is_file()
+    return template, hits
