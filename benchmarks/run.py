@@ -353,9 +353,9 @@ def main(argv=None) -> list:
     args.overrides = parse_sets(args.set)
     if args.label and len(args.methods) > 1 and not args.one:
         ap.error("--label names one method: give one --methods")
-    if args.reuse_targets and set([args.one[0]] if args.one else args.methods) - {
-            "memit", "alphaedit"}:
-        ap.error("--reuse-targets applies to memit and alphaedit only (the methods whose "
+    reusing = baselines.target_cache.METHODS
+    if args.reuse_targets and set([args.one[0]] if args.one else args.methods) - set(reusing):
+        ap.error(f"--reuse-targets applies to {' and '.join(reusing)} only (the methods whose "
                  "EasyEdit code takes a cache of target vectors)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
