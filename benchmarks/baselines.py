@@ -30,6 +30,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
 from common import DATA_FILES, REPO, TINY, data_path, stats_corpus  # noqa: E402
 from resume import ChunkState, Paused  # noqa: E402
 import target_cache  # noqa: E402
+import wise_cache  # noqa: E402
 
 EASYEDIT_METHODS = {"ft-m": "FT", "rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit",
                     "ultraedit": "ULTRAEDIT", "wise": "WISE"}
@@ -137,7 +138,7 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
            "alphaedit": AlphaEditHyperParams, "ultraedit": UltraEditHyperParams,
            "wise": WISEHyperParams}[method]
     path = easyedit_yaml(method)
-    cfg = {**yaml.safe_load(path.read_text()), **(overrides or {})}
+    cfg = yaml.safe_load(path.read_text())
     cfg["model_name"] = str(model_dir)
     if "tokenizer_name" in cfg:  # UltraEdit
         cfg["tokenizer_name"] = str(model_dir)
@@ -146,9 +147,11 @@ def easyedit_hparams(method: str, model_arg: str, model_dir: str, stats_dir: Pat
                     "ULTRAEDIT": {"inner_params": ["model.layers.1.mlp.gate_proj",
                                                    "model.layers.2.mlp.up_proj"]},
                     "WISE": {"inner_params": ["model.layers[2].mlp.down_proj.weight"],
-                             "n_iter": 10}}.get(cfg["alg_name"], {"layers": [1, 2]}))
+                             "n_iter": 10, "edit_lr": 50.0}  # the tiny weights move little
+                    }.get(cfg["alg_name"], {"layers": [1, 2]}))
         if "v_loss_layer" in cfg:
             cfg["v_loss_layer"] = 3
+    cfg.update(overrides or {})  # the row's --set wins, on the tiny model too
     if cfg.get("stats_dir") == "auto":
         cfg["stats_dir"] = str(stats_dir)
     if cfg.get("P_loc") == "auto":  # AlphaEdit computes its projection once and reuses the
@@ -175,12 +178,14 @@ def stats_root() -> Path:
 
 
 def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir: str,
-                   overrides=None, state_folder=None, max_minutes=None, reuse_targets=False):
+                   overrides=None, state_folder=None, max_minutes=None, reuse_targets=False,
+                   reuse_memory=False):
     """Apply all ``requests`` in order with EasyEdit's ``method``; returns ``(settings file,
     extra row fields)``. With ``state_folder`` the state is saved between calls and a run
     that finds one goes on from it; past ``max_minutes`` of editing it raises ``Paused``.
     ``reuse_targets`` (MEMIT, AlphaEdit): target vectors another run computed for the same
-    model, requests and settings are read instead of recomputed (``target_cache``)."""
+    model, requests and settings are read instead of recomputed (``target_cache``).
+    ``reuse_memory`` (WISE): likewise its trained side memory (``wise_cache``)."""
     from easyeditor.util.alg_dict import ALG_DICT
     from tqdm.auto import tqdm
 
@@ -200,7 +205,8 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         extra.update(ultraedit_edits(fn, model, tok, requests, hp))
         return hp_path, extra
     if method == "wise":
-        extra.update(wise_edits(fn, model, tok, requests, hp, state_folder, max_minutes))
+        extra.update(wise_edits(fn, model, tok, requests, hp, state_folder, max_minutes,
+                                reuse_memory))
         return hp_path, extra
     size = 1 if method in ("ft-m", "rome") else hp.batch_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
@@ -285,13 +291,16 @@ def wise_loc_prompts() -> list:
     return [f"{r['loc']} {r['loc_ans']}" for r in recs if r.get("loc") and r.get("loc_ans")]
 
 
-def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None) -> dict:
+def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None,
+               reuse_memory=False) -> dict:
     """WISE one request per call, sequentially: the side memory of the first call is kept
     and trained on by every later one (``sequential_edit``, not a field of its hparams; without
     it each call replaces the memory). The adapter is installed in ``model`` itself, so the
     model scores with it. Module globals of a previous run are reset first. With
     ``state_folder`` WISE's checkpoint is saved every ``SAVE_EVERY["wise"]`` edits and a run
-    that finds one goes on from it (an edit takes about 80 s on one core here)."""
+    that finds one goes on from it (an edit takes about 80 s on one core here). With
+    ``reuse_memory`` the trained side memory is kept in ``wise_cache``'s folder for these
+    settings, and a row whose folder holds one loads it instead of editing."""
     import numpy as np
     from tqdm.auto import tqdm
 
@@ -301,34 +310,58 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
     utils.CONTEXT_TEMPLATES_CACHE = None
     sys.modules[fn.__module__].WISEload = True  # WISE loads load_path on its next call
     hp.sequential_edit = True
-    np.random.seed(0)  # WISE draws its weight mask with numpy
+    locs = wise_loc_prompts()
+    requests = [dict(copy.deepcopy(r), loc_prompt=locs[i % len(locs)])
+                for i, r in enumerate(requests)]
+    fields = {"wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-"
+                                  f"{WISE_LOC_RECORDS[1] - 1} NQ question + answer"}
+    cache = (ChunkState(wise_cache.folder(stats_root().parent / "wise_memories", hp, model,
+                                          requests)) if reuse_memory else None)
+    if cache is not None and wise_cache.complete(cache, len(requests)):
+        _load_wise(wise, model, hp, cache.load_wise(utils)[3])
+        logger.info("wise: side memory of %d edits read from %s", len(requests), cache.folder)
+        return {"easyedit_calls": 0, "memory_from_cache": True, **fields}
+    np.random.seed(wise_cache.NUMPY_SEED)  # WISE draws its weight mask with numpy
     state = ChunkState(state_folder) if state_folder else None
     done, spent, runs, ckpt = state.load_wise(utils) if state else (0, 0.0, 0, None)
     hp.load_path = str(ckpt) if ckpt else None
     if done:
         logger.info("wise: resuming after %d of %d edits (%.0f s of editing in %d earlier "
                     "run(s))", done, len(requests), spent, runs)
-    locs = wise_loc_prompts()
+    if done == len(requests):  # killed after its last save (while scoring): no call loads it
+        editor = _load_wise(wise, model, hp, ckpt)
     every = SAVE_EVERY["wise"]
     t0 = time.perf_counter()
     for i in tqdm(range(done, len(requests)), initial=done, total=len(requests),
                   desc="wise edits", unit="edit"):
-        request = [dict(copy.deepcopy(requests[i]), loc_prompt=locs[i % len(locs)])]
         with _own_pickle(ckpt is not None and i == done):
-            editor, _ = fn(model, tok, request, hp, copy=False)
+            editor, _ = fn(model, tok, [copy.deepcopy(requests[i])], hp, copy=False)
         _save_or_pause(state, i + 1, len(requests), every, t0, max_minutes, "wise edits",
                        lambda s: state.save_wise(editor, utils, i + 1, spent + s, runs + 1))
-    return {"easyedit_calls": len(requests),
-            "wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-{WISE_LOC_RECORDS[1] - 1} "
-                                "NQ question + answer",
+    if cache is not None:
+        cache.save_wise(editor, utils, len(requests), spent + time.perf_counter() - t0,
+                        runs + 1)
+    return {"easyedit_calls": len(requests), **fields,
             **({"seconds_in_earlier_runs": spent, "runs": runs + 1} if runs else {})}
+
+
+def _load_wise(wise, model, hp, ckpt):
+    """WISE's checkpoint ``ckpt`` into a fresh adapter in ``model`` built with ``hp`` (its
+    ``act_ratio`` routes), without an edit call (WISE loads ``load_path`` only inside one)."""
+    from easyeditor.util.device import normalize_device
+
+    editor = wise.WISE(model=model, config=hp, device=normalize_device(hp.device))
+    with _own_pickle(True):
+        editor.load(str(ckpt))
+    return editor
 
 
 @contextlib.contextmanager
 def _own_pickle(allowed: bool):
     """``WISE.load`` reads its checkpoint with ``torch.load`` and no ``weights_only``; since
     torch 2.6 that refuses the hparams and activation records pickled in it. The file is the
-    one this row wrote (``resume.ChunkState.save_wise``): for that one call, full unpickling."""
+    one this row, or a row of ``wise_cache``, wrote (``resume.ChunkState.save_wise``): for
+    that one call, full unpickling."""
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     before = os.environ.get(key)
     if allowed:

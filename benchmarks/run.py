@@ -185,7 +185,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         return "ft-m stand-in", extra
     return baselines.easyedit_edits(method, model, tok, requests, model_arg, model_dir,
                                     args.overrides, args.state, args.max_minutes,
-                                    args.reuse_targets)
+                                    args.reuse_targets, args.reuse_memory)
 
 
 def run_one(args) -> dict:
@@ -343,6 +343,12 @@ def main(argv=None) -> list:
                          "(benchmarks/target_cache.py) instead of recomputing them; the row "
                          "says how many (targets_from_cache). For tuning grids, whose rows "
                          "that move only mom2_* / nullspace_threshold / L2 share them")
+    ap.add_argument("--reuse-memory", action="store_true",
+                    help="WISE: keep the trained side memory (benchmarks/wise_cache.py) and "
+                         "load one an earlier run trained for the same model, requests and "
+                         "every setting but act_ratio (read only when routing at inference) "
+                         "instead of editing; the row says memory_from_cache. For tuning "
+                         "grids, whose act_ratio rows share one training")
     ap.add_argument("--seeds", nargs="+", type=int, default=[],
                     help="one row per seed (LocFT's own seed and torch's); without it one row "
                          "with the YAML's seed")
@@ -357,6 +363,8 @@ def main(argv=None) -> list:
     if args.reuse_targets and set([args.one[0]] if args.one else args.methods) - set(reusing):
         ap.error(f"--reuse-targets applies to {' and '.join(reusing)} only (the methods whose "
                  "EasyEdit code takes a cache of target vectors)")
+    if args.reuse_memory and set([args.one[0]] if args.one else args.methods) - {"wise"}:
+        ap.error("--reuse-memory applies to wise only (the method with a side memory)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         import torch
@@ -401,6 +409,7 @@ def main(argv=None) -> list:
         cmd += ["--seed", str(seed)] if seed is not None else []
         cmd += ["--no-capability"] if args.no_capability else []
         cmd += ["--reuse-targets"] if args.reuse_targets else []
+        cmd += ["--reuse-memory"] if args.reuse_memory else []
         cmd += ["--set", *args.set] if args.set else []
         state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
                                         f"{digest}_{args.offset}_{seed}"))
@@ -426,6 +435,7 @@ def main(argv=None) -> list:
             + (["--label", args.label] if args.label else [])
             + (["--no-capability"] if args.no_capability else [])
             + (["--reuse-targets"] if args.reuse_targets else [])
+            + (["--reuse-memory"] if args.reuse_memory else [])
             + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -19,8 +19,12 @@ scores, token accuracy); settings within 0.005 of the best count as tied and the
 (seconds per edit) of them wins.
 
 Every setting is one row of ``benchmarks/run.py`` (``--label method@knob=value``) appended to
-``results/tuning.jsonl``; finished rows are skipped, and MEMIT / AlphaEdit rows save their
-state after every call, so a grid spans sessions: run the same command again.
+``results/tuning.jsonl``; finished rows are skipped, and a grid spans sessions: run the same
+command again. WISE rows save their state every 10 edits and pause past ``--max-minutes``; a
+MEMIT / AlphaEdit dev row is ONE call of 100 requests (about 70 minutes on one core) and is
+lost if killed. Rows that move only what an earlier row's costly part does not depend on
+read it back: MEMIT's / AlphaEdit's target vectors (``target_cache.py``), WISE's trained side
+memory (``wise_cache.py``).
 
     python benchmarks/tune_baselines.py --methods ft-m memit --threads 1 --max-minutes 100
     python benchmarks/tune_baselines.py --report      # grid, dev scores, the chosen settings
@@ -38,6 +42,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from target_cache import METHODS as REUSE_TARGETS, Z_FREE  # noqa: E402
+from wise_cache import INFERENCE_ONLY  # noqa: E402
 
 OUT = HERE / "results" / "tuning.jsonl"
 DEV_OFFSET, DEV_N, DEV_DATASET = 1000, 100, "zsre"
@@ -61,8 +66,17 @@ GRIDS = {
                   {"layers": [8, 9, 10, 11, 12]}],
     # lr: EasyEdit's 1e-6 moves nothing here (the YAML's comment); turns stay 100 edits
     "ultraedit": [{}, {"lr": 3e-5}, {"lr": 3e-4}],
+    # A row that trains takes ~2.2 hours (100 edits, ~80 s each on one core); the act_ratio
+    # rows read the YAML row's side memory (--reuse-memory, wise_cache.py): minutes. On this
+    # model the edits' in-scope distances (80-107) pass the YAML's beta 20 at once and the
+    # irrelevant text's (50-62) stay far above alpha 2, past the routing threshold
+    # act_ratio 0.5 x in-scope: act_ratio moves that threshold; the margins scaled x5 make
+    # all three of WISE's margin terms act; a smaller edit_lr moves the memory less.
+    "wise": [{}, {"act_ratio": 0.7}, {"act_ratio": 0.85}, {"act_ratio": 1.0},
+             {"act_margin": [10.0, 100.0, 50.0]},
+             {"edit_lr": 0.3}],
 }
-# WISE is not tuned here: one dev row (100 edits, 80 s an edit on one core) takes 2.2 hours
+FREE = {"memit": Z_FREE, "alphaedit": Z_FREE, "wise": INFERENCE_ONLY}  # what reused rows move
 
 logger = logging.getLogger("benchmarks.tune_baselines")
 
@@ -80,18 +94,25 @@ def score(row: dict) -> float:
     return (row["reliability"] + row["generalization"] + row["locality"]) / 3
 
 
-def speed(row: dict, rows: list) -> float:
-    """Seconds per edit for the tie-break. A row that read its target vectors from the cache
-    did not pay for them: it counts as slow as the rows that computed them (same method, same
-    settings but for those the vectors do not depend on)."""
-    if not row.get("targets_from_cache"):
-        return row["seconds_per_edit"]
+def reused(row: dict) -> bool:
+    """Whether the row read MEMIT's / AlphaEdit's target vectors or WISE's trained side
+    memory from an earlier row's (``target_cache``, ``wise_cache``)."""
+    return bool(row.get("targets_from_cache") or row.get("memory_from_cache"))
 
-    def z_part(r):
-        return {k: v for k, v in (r.get("overrides") or {}).items() if k not in Z_FREE}
+
+def speed(row: dict, rows: list) -> float:
+    """Seconds per edit for the tie-break. A row that read its target vectors (or WISE's side
+    memory) from the cache did not pay for them: it counts as slow as the rows that computed
+    them (same method, same settings but for those they do not depend on, ``FREE``)."""
+    if not reused(row):
+        return row["seconds_per_edit"]
+    free = FREE[row.get("base_method") or row["method"].split("@", 1)[0]]
+
+    def paid_part(r):
+        return {k: v for k, v in (r.get("overrides") or {}).items() if k not in free}
 
     payers = [r["seconds_per_edit"] for r in rows
-              if not r.get("targets_from_cache") and z_part(r) == z_part(row)]
+              if not reused(r) and paid_part(r) == paid_part(row)]
     return max([row["seconds_per_edit"], *payers])
 
 
@@ -124,15 +145,15 @@ def report(path: Path = OUT) -> str:
         lines += [f"### {method} (dev: ZsRE records {DEV_OFFSET}-{DEV_OFFSET + DEV_N - 1})", "",
                   "| setting | rel | gen | loc | score | s/edit | |", "|" + " --- |" * 7]
         for r in sorted(rows, key=score, reverse=True):
-            star = "*" if r.get("targets_from_cache") else ""
+            star = "*" if reused(r) else ""
             lines.append(f"| {r['method'].split('@', 1)[1]} | {r['reliability']:.3f} | "
                          f"{r['generalization']:.3f} | {r['locality']:.3f} | {score(r):.3f} | "
                          f"{speed(r, rows):.2f}{star} | {'chosen' if r is chosen else ''} |")
         sets = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}"
                         for k, v in (chosen.get("overrides") or {}).items())
-        if any(r.get("targets_from_cache") for r in rows):
-            lines += ["", "\\* target vectors read from an earlier row's (`target_cache.py`): "
-                      "s/edit is that row's"]
+        if any(reused(r) for r in rows):
+            lines += ["", "\\* target vectors (`target_cache.py`) or WISE's side memory "
+                      "(`wise_cache.py`) read from an earlier row's: s/edit is that row's"]
         lines += ["", f"chosen: `{chosen['method']}`" + (f" (`--set {sets}`)" if sets else
                                                           " (the shipped YAML)"), ""]
     return "\n".join(lines)
@@ -171,6 +192,7 @@ def main(argv=None) -> str:
                       "--no-capability"]
                      + (["--set", *sets] if sets else [])
                      + (["--reuse-targets"] if method in REUSE_TARGETS else [])
+                     + (["--reuse-memory"] if method == "wise" else [])
                      + (["--threads", str(args.threads)] if args.threads else [])
                      + (["--max-minutes", str(args.max_minutes)] if args.max_minutes else []))
     text = report(Path(args.out))
