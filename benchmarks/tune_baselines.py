@@ -24,9 +24,11 @@ command again. WISE rows save their state every 10 edits and pause past ``--max-
 MEMIT / AlphaEdit dev row is ONE call of 100 requests (about 70 minutes on one core) and is
 lost if killed. Rows that move only what an earlier row's costly part does not depend on
 read it back: MEMIT's / AlphaEdit's target vectors (``target_cache.py``), WISE's trained side
-memory (``wise_cache.py``).
+memory (``wise_cache.py``). ``--until HH:MM`` (a session's end) starts a one-call row only
+where its expected time fits, and has the others pause in time.
 
     python benchmarks/tune_baselines.py --methods ft-m memit --threads 1 --max-minutes 100
+    python benchmarks/tune_baselines.py --methods memit wise --threads 1 --until 16:30
     python benchmarks/tune_baselines.py --report      # grid, dev scores, the chosen settings
 """
 from __future__ import annotations
@@ -35,6 +37,8 @@ import argparse
 import json
 import logging
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -77,6 +81,8 @@ GRIDS = {
              {"edit_lr": 0.3}],
 }
 FREE = {"memit": Z_FREE, "alphaedit": Z_FREE, "wise": INFERENCE_ONLY}  # what reused rows move
+ONE_CALL = ("memit", "alphaedit", "ultraedit")  # a dev row is one call: it cannot pause
+MARGIN_MINUTES = 15.0  # a dev row's loading and scoring, beyond its editing
 
 logger = logging.getLogger("benchmarks.tune_baselines")
 
@@ -114,6 +120,28 @@ def speed(row: dict, rows: list) -> float:
     payers = [r["seconds_per_edit"] for r in rows
               if not reused(r) and paid_part(r) == paid_part(row)]
     return max([row["seconds_per_edit"], *payers])
+
+
+def minutes_needed(method: str, overrides: dict, rows: list):
+    """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
+    finished dev rows): the longest editing of those it will be like (rows that read an
+    earlier row's target vectors / side memory if one paid for what it moves, else rows that
+    paid), plus ``MARGIN_MINUTES``; None when no such row ran yet."""
+    free = FREE.get(method, frozenset())
+
+    def paid_part(o):
+        return {k: v for k, v in (o or {}).items() if k not in free}
+
+    will_reuse = method in FREE and any(not reused(r) and paid_part(r.get("overrides"))
+                                        == paid_part(overrides) for r in rows)
+    like = [r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
+    return max(like) / 60 + MARGIN_MINUTES if like else None
+
+
+def deadline(hhmm: str, now: float) -> float:
+    """The epoch time of ``HH:MM`` today (local time)."""
+    t = datetime.strptime(hhmm, "%H:%M").time()
+    return datetime.combine(datetime.fromtimestamp(now).date(), t).timestamp()
 
 
 def choose(rows: list) -> dict:
@@ -170,6 +198,11 @@ def main(argv=None) -> str:
                     help="passed to run.py: a chunked row pauses (state saved) past this")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter with EasyEdit (e.g. its venv's python)")
+    ap.add_argument("--until", metavar="HH:MM",
+                    help="finish by this time today (e.g. a session's end): a one-call row "
+                         "(MEMIT, AlphaEdit, UltraEdit: lost if killed) starts only if its "
+                         "expected time (its like rows' longest editing + 15 min) fits, and "
+                         "the others pause 15 min before it (their state is saved)")
     ap.add_argument("--report", action="store_true", help="print the grids and choices only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -183,8 +216,21 @@ def main(argv=None) -> str:
     if missing:  # run.py would skip the rows, or run FT-M's stand-in: not what is tuned here
         raise SystemExit(f"the baselines are tuned through EasyEdit, which {args.python} "
                          f"cannot import ({missing}): pass --python with EasyEdit's venv")
+    end = deadline(args.until, time.time()) if args.until else None
     for method in args.methods:
         for overrides in GRIDS[method]:
+            max_minutes = args.max_minutes
+            rows = load_rows(Path(args.out)).get(method, [])
+            if end is not None and label(method, overrides) not in {r["method"] for r in rows}:
+                left = (end - time.time()) / 60
+                need = (minutes_needed(method, overrides, rows) if method in ONE_CALL
+                        else MARGIN_MINUTES + 1)
+                if (need or 0) >= left:
+                    logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",
+                                label(method, overrides), need, left, args.until)
+                    continue
+                if method not in ONE_CALL:  # pauses, its state saved, before the deadline
+                    max_minutes = min(max_minutes or left, left - MARGIN_MINUTES)
             sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
             run.main(["--methods", method, "--datasets", DEV_DATASET, "--n", str(DEV_N),
                       "--offset", str(DEV_OFFSET), "--label", label(method, overrides),
@@ -194,7 +240,7 @@ def main(argv=None) -> str:
                      + (["--reuse-targets"] if method in REUSE_TARGETS else [])
                      + (["--reuse-memory"] if method == "wise" else [])
                      + (["--threads", str(args.threads)] if args.threads else [])
-                     + (["--max-minutes", str(args.max_minutes)] if args.max_minutes else []))
+                     + (["--max-minutes", str(max_minutes)] if max_minutes else []))
     text = report(Path(args.out))
     print(text)
     return text

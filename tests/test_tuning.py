@@ -48,3 +48,38 @@ def test_every_grid_starts_from_the_shipped_yaml_and_names_real_keys(tune):
                                   f"{method}_smollm2-135m.yaml").read_text())
         for overrides in grid[1:]:
             assert set(overrides) <= set(shipped), (method, overrides)
+
+
+def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, monkeypatch):
+    """--until: a one-call MEMIT row starts only if its like rows' longest editing + 15 min
+    fits (a row reading the YAML row's vectors is like the rows that read them); WISE rows
+    (they pause) get --max-minutes 15 min short of it."""
+    import sys
+    import time
+    import types
+
+    yaml = dict(_row("memit@yaml", {}, 0.6, 0.4, 0.8, 40.0), seconds=4000.0)   # 67 min
+    cached = dict(_row("memit@mom2_update_weight=1500", {"mom2_update_weight": 1500},
+                       0.6, 0.4, 0.8, 9.0), seconds=900.0, targets_from_cache=100)  # 15 min
+    rows = [yaml, cached]
+    assert tune.minutes_needed("memit", {"mom2_update_weight": 50000}, rows) == 30.0
+    assert tune.minutes_needed("memit", {"v_lr": 0.1}, rows) == 4000 / 60 + 15
+    assert tune.minutes_needed("alphaedit", {}, []) is None
+    path = tmp_path / "tuning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+    fake = types.SimpleNamespace(
+        baselines=types.SimpleNamespace(easyedit_available=lambda python: None),
+        main=lambda argv: calls.append(argv) or [])
+    monkeypatch.setitem(sys.modules, "run", fake)
+    monkeypatch.setattr(tune, "GRIDS", {**tune.GRIDS, "memit": [
+        {}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000}, {"v_lr": 0.1}]})
+    until = time.strftime("%H:%M", time.localtime(time.time() + 45 * 60))  # 44-45 min left
+    tune.main(["--methods", "memit", "wise", "--out", str(path), "--until", until])
+    labels = [a[a.index("--label") + 1] for a in calls]
+    # yaml and 1500 are done (run.py would skip them); 50000 fits (30 min); v_lr (82) does not
+    assert labels == ["memit@yaml", "memit@mom2_update_weight=1500",
+                      "memit@mom2_update_weight=50000"] + [
+        tune.label("wise", o) for o in tune.GRIDS["wise"]]
+    wise_minutes = [float(a[a.index("--max-minutes") + 1]) for a in calls[3:]]
+    assert all(28 < m <= 30 for m in wise_minutes)
