@@ -61,8 +61,9 @@ GRIDS = {
     "rome": [{}, {"layers": [3]}, {"layers": [8]}, {"layers": [15]}] + _V,
     # the rows that move only what target vectors do not depend on come right after the
     # YAML's row: with --reuse-targets they read its vectors (target_cache.py)
+    # mom2_update_weight 500: added after 1500 came out best, at the edge of the grid
     "memit": [{}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000},
-              {"mom2_n_samples": 200000}, _STDLIB,
+              {"mom2_n_samples": 200000}, _STDLIB, {"mom2_update_weight": 500},
               {"layers": [2, 3, 4, 5, 6]}, {"layers": [8, 9, 10, 11, 12]}] + _V,
     "alphaedit": [{}, {"nullspace_threshold": 1e-2}, {"L2": 10}, {"mom2_n_samples": 200000},
                   _STDLIB, {"clamp_norm_factor": 4, "v_weight_decay": 1e-3},
