@@ -107,19 +107,23 @@ def reused(row: dict) -> bool:
     return bool(row.get("targets_from_cache") or row.get("memory_from_cache"))
 
 
+def paid_part(method: str, overrides) -> dict:
+    """The settings of ``overrides`` that the costly part of ``method`` depends on (all but
+    ``FREE[method]``): rows equal in them share target vectors / a side memory."""
+    free = FREE.get(method, frozenset())
+    return {k: v for k, v in (overrides or {}).items() if k not in free}
+
+
 def speed(row: dict, rows: list) -> float:
     """Seconds per edit for the tie-break. A row that read its target vectors (or WISE's side
     memory) from the cache did not pay for them: it counts as slow as the rows that computed
     them (same method, same settings but for those they do not depend on, ``FREE``)."""
     if not reused(row):
         return row["seconds_per_edit"]
-    free = FREE[row.get("base_method") or row["method"].split("@", 1)[0]]
-
-    def paid_part(r):
-        return {k: v for k, v in (r.get("overrides") or {}).items() if k not in free}
-
+    method = row.get("base_method") or row["method"].split("@", 1)[0]
+    mine = paid_part(method, row.get("overrides"))
     payers = [r["seconds_per_edit"] for r in rows
-              if not reused(r) and paid_part(r) == paid_part(row)]
+              if not reused(r) and paid_part(method, r.get("overrides")) == mine]
     return max([row["seconds_per_edit"], *payers])
 
 
@@ -128,13 +132,9 @@ def minutes_needed(method: str, overrides: dict, rows: list):
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
     paid), plus ``MARGIN_MINUTES``; None when no such row ran yet."""
-    free = FREE.get(method, frozenset())
-
-    def paid_part(o):
-        return {k: v for k, v in (o or {}).items() if k not in free}
-
-    will_reuse = method in FREE and any(not reused(r) and paid_part(r.get("overrides"))
-                                        == paid_part(overrides) for r in rows)
+    mine = paid_part(method, overrides)
+    will_reuse = method in FREE and any(not reused(r) and paid_part(method, r.get("overrides"))
+                                        == mine for r in rows)
     like = [r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
     return max(like) / 60 + MARGIN_MINUTES if like else None
 
@@ -224,9 +224,10 @@ def main(argv=None) -> str:
             rows = load_rows(Path(args.out)).get(method, [])
             if end is not None and label(method, overrides) not in {r["method"] for r in rows}:
                 left = (end - time.time()) / 60
-                need = (minutes_needed(method, overrides, rows) if method in ONE_CALL
-                        else MARGIN_MINUTES + 1)
-                if (need or 0) >= left:
+                # unknown (no like row yet) or pausable: at least the margin must be left
+                need = ((method in ONE_CALL and minutes_needed(method, overrides, rows))
+                        or MARGIN_MINUTES + 1)
+                if need >= left:
                     logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",
                                 label(method, overrides), need, left, args.until)
                     continue
