@@ -127,16 +127,30 @@ def speed(row: dict, rows: list) -> float:
     return max([row["seconds_per_edit"], *payers])
 
 
-def minutes_needed(method: str, overrides: dict, rows: list):
+def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=()):
     """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
-    paid), plus ``MARGIN_MINUTES``; None when no such row ran yet."""
+    paid), plus ``MARGIN_MINUTES``. With none of those yet: the longest of the method's dev
+    rows (a row that reads vectors takes less than one that paid for them), else of
+    ``elsewhere`` (the method's evaluation rows of ``DEV_N`` edits: as many edits, other
+    records); None when there is nothing to go by."""
     mine = paid_part(method, overrides)
     will_reuse = method in FREE and any(not reused(r) and paid_part(method, r.get("overrides"))
                                         == mine for r in rows)
-    like = [r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
+    like = ([r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
+            or [r["seconds"] for r in rows if "seconds" in r]
+            or [r["seconds"] for r in elsewhere if "seconds" in r])
     return max(like) / 60 + MARGIN_MINUTES if like else None
+
+
+def evaluation_rows(path: Path, method: str) -> list:
+    """The rows of ``method`` with ``DEV_N`` edits in ``path`` (``results/edit_quality.jsonl``
+    beside the tuning file), for ``minutes_needed`` when no dev row of it ran yet."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("method") == method and r.get("n") == DEV_N]
 
 
 def deadline(hhmm: str, now: float) -> float:
@@ -224,8 +238,10 @@ def main(argv=None) -> str:
             rows = load_rows(Path(args.out)).get(method, [])
             if end is not None and label(method, overrides) not in {r["method"] for r in rows}:
                 left = (end - time.time()) / 60
-                # unknown (no like row yet) or pausable: at least the margin must be left
-                need = ((method in ONE_CALL and minutes_needed(method, overrides, rows))
+                # nothing to go by, or pausable: at least the margin must be left
+                need = ((method in ONE_CALL and minutes_needed(
+                    method, overrides, rows,
+                    evaluation_rows(Path(args.out).with_name("edit_quality.jsonl"), method)))
                         or MARGIN_MINUTES + 1)
                 if need >= left:
                     logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",

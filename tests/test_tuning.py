@@ -65,8 +65,18 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     assert tune.minutes_needed("memit", {"mom2_update_weight": 50000}, rows) == 30.0
     assert tune.minutes_needed("memit", {"v_lr": 0.1}, rows) == 4000 / 60 + 15
     assert tune.minutes_needed("alphaedit", {}, []) is None
+    # nothing like it yet: the method's dev rows, else its evaluation rows of 100 edits
+    assert tune.minutes_needed("memit", {"mom2_update_weight": 500}, [yaml]) == 4000 / 60 + 15
+    elsewhere = [{"method": "alphaedit", "n": 100, "seconds": 3000.0}]
+    assert tune.minutes_needed("alphaedit", {}, [], elsewhere) == 50 + 15
     path = tmp_path / "tuning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # AlphaEdit has no dev row: its 100-edit evaluation row (40 min) says its YAML row's time
+    (tmp_path / "edit_quality.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"method": "alphaedit", "n": 100, "seconds": 2400.0},
+        {"method": "alphaedit", "n": 1000, "seconds": 24000.0}]))
+    assert tune.evaluation_rows(tmp_path / "edit_quality.jsonl", "alphaedit") == [
+        {"method": "alphaedit", "n": 100, "seconds": 2400.0}]
     calls = []
     fake = types.SimpleNamespace(
         baselines=types.SimpleNamespace(easyedit_available=lambda python: None),
@@ -75,9 +85,11 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     monkeypatch.setattr(tune, "GRIDS", {**tune.GRIDS, "memit": [
         {}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000}, {"v_lr": 0.1}]})
     until = time.strftime("%H:%M", time.localtime(time.time() + 45 * 60))  # 44-45 min left
-    tune.main(["--methods", "memit", "wise", "--out", str(path), "--until", until])
+    tune.main(["--methods", "memit", "alphaedit", "wise", "--out", str(path),
+               "--until", until])
     labels = [a[a.index("--label") + 1] for a in calls]
-    # yaml and 1500 are done (run.py would skip them); 50000 fits (30 min); v_lr (82) does not
+    # yaml and 1500 are done (run.py would skip them); 50000 fits (30 min); v_lr (82) does
+    # not; nor does any AlphaEdit row (55 min: its evaluation row's, then its YAML row's)
     assert labels == ["memit@yaml", "memit@mom2_update_weight=1500",
                       "memit@mom2_update_weight=50000"] + [
         tune.label("wise", o) for o in tune.GRIDS["wise"]]
