@@ -34,6 +34,9 @@ PLANNED = (
 SEEDS = {("zsre", 100, "locft-bf"): (0, 1, 2)}  # LocFT-BF's spread over seeds
 EASYEDIT_PYTHON = "$EASYEDIT_PY"  # the EasyEdit venv's python (benchmarks/EASYEDIT.md)
 MAX_MINUTES = 100  # long EasyEdit rows pause and resume (run.py --max-minutes)
+# minutes a row spends after its editing (scoring, generation, lm-eval's capability pass, one
+# thread): ~35 at N = 1,000 (the rows of 2026-12-03), a few at N = 100
+AFTER_MINUTES = {100: 5, 1000: 35}
 
 
 def _current_digest(method: str, row: dict) -> str:
@@ -97,25 +100,57 @@ def still_to_run(rows) -> list:
     return out
 
 
-def markdown(rows) -> str:
+def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=()):
+    """Estimated hours of one core for the row: seconds per edit of the method's latest row
+    on ``dataset``, else on any dataset, else the slowest of its dev rows that paid for their
+    work (``tune_baselines``' rows, 100 ZsRE edits), times ``n * seeds``, plus
+    ``AFTER_MINUTES`` per run; None with nothing to go by."""
+    mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
+            and r.get("seconds_per_edit")]
+    here = [r for r in mine if r["dataset"] == dataset]
+    base = LABELS.get(method, (method, []))[0]
+    paid = [r["seconds_per_edit"] for r in dev_rows
+            if (r.get("base_method") or r["method"].split("@", 1)[0]) == base
+            and r.get("seconds_per_edit") and not r.get("targets_from_cache")
+            and not r.get("memory_from_cache")]
+    spe = ((here or mine)[-1]["seconds_per_edit"] if mine else max(paid) if paid else None)
+    if spe is None:
+        return None
+    runs = len(SEEDS.get((dataset, n, method), ())) or 1
+    return runs * (spe * n / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+
+
+def markdown(rows, dev_rows=()) -> str:
     todo = still_to_run(rows)
     if not todo:
         return "- none: every planned row exists with the current settings"
+    hours = [hours_needed(d, n, m, rows, dev_rows) for d, n, m, _, _ in todo]
+    known = [h for h in hours if h is not None]
     return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows "
                       f"(`{EASYEDIT_PYTHON}`: the EasyEdit venv's python, benchmarks/EASYEDIT.md; "
-                      "a row already there is skipped, a paused one goes on):", ""]
-                     + [f"- {d} N={n} {m}: {why}. `{cmd}`" for d, n, m, why, cmd in todo])
+                      "a row already there is skipped, a paused one goes on; hours: one "
+                      "core's, estimated from the method's earlier rows, `hours_needed`):", ""]
+                     + [f"- {d} N={n} {m}: {why}; "
+                        + (f"~{h:.1f} h" if h is not None else "no row to estimate its time")
+                        + f". `{cmd}`" for (d, n, m, why, cmd), h in zip(todo, hours)]
+                     + ["", f"About {sum(known):.0f} hours of one core in all"
+                        + (f", besides {len(hours) - len(known)} rows with no estimate"
+                           if len(known) < len(hours) else "") + "."])
+
+
+def read_jsonl(path: Path) -> list:
+    return ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if path.is_file() else [])
 
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", nargs="?", default=str(HERE / "results" / "edit_quality.jsonl"))
+    ap.add_argument("--tuning", default=str(HERE / "results" / "tuning.jsonl"),
+                    help="the dev rows, for the time of methods with no row here yet")
     args = ap.parse_args(argv)
-    path = Path(args.jsonl)
-    rows = ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            if path.is_file() else [])
-    text = markdown(rows)
+    text = markdown(read_jsonl(Path(args.jsonl)), read_jsonl(Path(args.tuning)))
     print(text)
     return text
 

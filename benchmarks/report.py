@@ -367,7 +367,7 @@ def main(argv=None) -> str:
         for r in rows:  # made with a YAML that has changed since (planned.py lists its re-run)
             r["stale"] = planned.is_stale(r)
         write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
-                                               planned.markdown(every)))
+                                               planned.markdown(every, planned.read_jsonl(Path(args.tuning)))))
         print(f"wrote {args.md}")
     return text
 

@@ -199,7 +199,32 @@ def report(path: Path = OUT) -> str:
                       "(`wise_cache.py`) read from an earlier row's: s/edit is that row's"]
         lines += ["", f"chosen: `{chosen['method']}`" + (f" (`--set {sets}`)" if sets else
                                                           " (the shipped YAML)"), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + still_to_run(path))
+
+
+def still_to_run(path: Path) -> list:
+    """Markdown lines naming the grids' rows not in ``path`` yet, each with its expected
+    minutes (``minutes_needed``; a row that reads an earlier row's vectors or side memory is
+    counted as the rows like it, once its paying row exists)."""
+    done = load_rows(path)
+    todo, total, unknown = [], 0.0, 0
+    for method, grid in GRIDS.items():
+        rows = done.get(method, [])
+        labels = {r["method"] for r in rows}
+        elsewhere = evaluation_rows(path.with_name("edit_quality.jsonl"), method)
+        for overrides in grid:
+            if label(method, overrides) in labels:
+                continue
+            minutes = minutes_needed(method, overrides, rows, elsewhere)
+            todo.append(f"`{label(method, overrides)}` "
+                        + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
+            total += minutes or 0.0
+            unknown += minutes is None
+    if not todo:
+        return ["Every grid row has run."]
+    return [f"Grid rows still to run ({len(todo)}, about {total / 60:.1f} hours of one core"
+            + (f" besides {unknown} with no estimate" if unknown else "") + "): "
+            + ", ".join(todo) + ".", ""]
 
 
 def main(argv=None) -> str:

@@ -108,3 +108,28 @@ def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
     report = _load("report")
     assert "| wikibigedit | 1000 | locft-bf (old settings) |" in report.table(
         [dict(rows[2], stale=True)])
+
+
+def test_hours_still_to_run_come_from_the_methods_earlier_rows():
+    """A row's time: seconds per edit of the method's latest row on that dataset, else on any,
+    else its slowest dev row that paid for its work, x N x seeds + the time after editing."""
+    planned = _load("planned")
+    m = planned.MODEL
+    rows = [{"method": "memit", "dataset": "zsre", "n": 100, "model": m, "seconds_per_edit": 36.0},
+            {"method": "memit", "dataset": "counterfact", "n": 100, "model": m,
+             "seconds_per_edit": 18.0},
+            {"method": "locft-bf", "dataset": "zsre", "n": 1000, "model": m,
+             "seconds_per_edit": 1.8}]
+    dev = [{"method": "rome@yaml", "base_method": "rome", "seconds_per_edit": 72.0},
+           {"method": "rome@layers=[3]", "base_method": "rome", "seconds_per_edit": 36.0},
+           {"method": "alphaedit@L2=10", "base_method": "alphaedit", "seconds_per_edit": 5.0,
+            "targets_from_cache": 100}]  # read its vectors: says nothing of the cost
+    assert planned.hours_needed("counterfact", 100, "memit", rows) == 0.5 + 5 / 60
+    assert planned.hours_needed("wikibigedit", 1000, "memit", rows) == 5 + 35 / 60
+    assert planned.hours_needed("wikibigedit", 100, "rome", rows, dev) == 2 + 5 / 60
+    assert planned.hours_needed("zsre", 100, "alphaedit", rows, dev) is None
+    assert planned.hours_needed("zsre", 100, "locft-bf", rows) == 3 * (0.05 + 5 / 60)  # seeds
+    text = planned.markdown(rows, dev)
+    assert "- wikibigedit N=100 rome: no row yet; ~2.1 h. `" in text
+    assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time. `" in text
+    assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text

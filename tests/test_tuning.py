@@ -95,3 +95,17 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
         tune.label("wise", o) for o in tune.GRIDS["wise"]]
     wise_minutes = [float(a[a.index("--max-minutes") + 1]) for a in calls[3:]]
     assert all(28 < m <= 30 for m in wise_minutes)
+
+
+def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(tune, "GRIDS", {"memit": [{}, {"mom2_update_weight": 500},
+                                                  {"v_lr": 0.1}],
+                                        "wise": [{}, {"act_ratio": 0.7}]})
+    rows = [dict(_row("memit@yaml", {}, 0.6, 0.4, 0.8, 36.0), seconds=3600.0)]
+    path = tmp_path / "tuning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert tune.report(path).splitlines()[-1] == (
+        "Grid rows still to run (4, about 2.5 hours of one core besides 2 with no estimate): "
+        "`memit@mom2_update_weight=500` ~75 min, `memit@v_lr=0.1` ~75 min, "
+        "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
