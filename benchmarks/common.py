@@ -10,7 +10,8 @@ tiny test configuration.
   statistics are taken from (``mom2_dataset`` in their YAML: ``STATS_CORPORA``);
 * :func:`tiny_hparams`: the LocFT settings the benchmarks use on the tiny model;
 * ``--set KEY=VALUE`` overrides of hparams fields: :func:`add_set_argument`,
-  :func:`with_overrides`.
+  :func:`with_overrides`;
+* :func:`read_jsonl`: the rows of a JSON-lines results file.
 
 The scripts import it as ``common`` with this folder on ``sys.path`` (run as a script, Python
 puts it there; loaded from a file, the script adds it).
@@ -18,6 +19,7 @@ puts it there; loaded from a file, the script adds it).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,6 +35,13 @@ DATA_FILES = {"zsre": "zsre_2k.json", "counterfact": "counterfact_2k.json",
               "wikibigedit": "wikibigedit_2k.json"}  # in the shared data folder
 CORPUS_SPLIT = 0.9  # pydoc_data.topics: first 90% for covariance stats, last 10% held out
 TINY_NAME = "tiny-llama"  # the tiny model's _name_or_path (EasyEdit's stats path is built from it)
+
+
+def read_jsonl(path) -> list:
+    """The rows of the JSON-lines file ``path`` (blank lines skipped; [] if there is none)."""
+    path = Path(path)
+    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.is_file() else [])
 
 
 def data_dir() -> Path:

@@ -10,7 +10,6 @@ command that makes it; ``python benchmarks/planned.py`` prints the same list.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -138,11 +137,6 @@ def markdown(rows, dev_rows=()) -> str:
                            if len(known) < len(hours) else "") + "."])
 
 
-def read_jsonl(path: Path) -> list:
-    return ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-            if path.is_file() else [])
-
-
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +144,9 @@ def main(argv=None) -> str:
     ap.add_argument("--tuning", default=str(HERE / "results" / "tuning.jsonl"),
                     help="the dev rows, for the time of methods with no row here yet")
     args = ap.parse_args(argv)
-    text = markdown(read_jsonl(Path(args.jsonl)), read_jsonl(Path(args.tuning)))
+    from common import read_jsonl
+
+    text = markdown(read_jsonl(args.jsonl), read_jsonl(args.tuning))
     print(text)
     return text
 

@@ -358,16 +358,16 @@ def main(argv=None) -> str:
         for p in plots(rows, args.plots):
             print(f"wrote {p}")
     if args.md:
-        import tune_baselines
-
         import planned
+        import tune_baselines
+        from common import read_jsonl
 
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
-        every = [json.loads(x) for x in Path(args.jsonl).read_text().splitlines() if x.strip()]
+        every = read_jsonl(args.jsonl)
         for r in rows:  # made with a YAML that has changed since (planned.py lists its re-run)
             r["stale"] = planned.is_stale(r)
         write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
-                                               planned.markdown(every, planned.read_jsonl(Path(args.tuning)))))
+                                               planned.markdown(every, read_jsonl(args.tuning))))
         print(f"wrote {args.md}")
     return text
 

@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from common import read_jsonl  # noqa: E402
 from target_cache import METHODS as REUSE_TARGETS, Z_FREE  # noqa: E402
 from wise_cache import INFERENCE_ONLY  # noqa: E402
 
@@ -147,10 +148,7 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=()):
 def evaluation_rows(path: Path, method: str) -> list:
     """The rows of ``method`` with ``DEV_N`` edits in ``path`` (``results/edit_quality.jsonl``
     beside the tuning file), for ``minutes_needed`` when no dev row of it ran yet."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("method") == method and r.get("n") == DEV_N]
+    return [r for r in read_jsonl(path) if r.get("method") == method and r.get("n") == DEV_N]
 
 
 def deadline(hhmm: str, now: float) -> float:

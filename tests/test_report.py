@@ -133,3 +133,11 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
     assert "- wikibigedit N=100 rome: no row yet; ~2.1 h. `" in text
     assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time. `" in text
     assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text
+
+
+def test_read_jsonl_skips_blank_lines_and_a_missing_file_is_empty(tmp_path):
+    common = _load("common")
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert common.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert common.read_jsonl(tmp_path / "none.jsonl") == []
