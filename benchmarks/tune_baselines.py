@@ -132,16 +132,15 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=()):
     """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
-    paid), plus ``MARGIN_MINUTES``. With none of those yet: the longest of the method's dev
-    rows (a row that reads vectors takes less than one that paid for them), else of
-    ``elsewhere`` (the method's evaluation rows of ``DEV_N`` edits: as many edits, other
-    records); None when there is nothing to go by."""
+    paid), plus ``MARGIN_MINUTES``. A row that will pay, with no dev row of the method yet,
+    goes by ``elsewhere`` (the method's evaluation rows of ``DEV_N`` edits: as many edits,
+    other records). None when there is nothing to go by (so for the first row that reads an
+    earlier row's vectors or memory: minutes where the paying row took hours)."""
     mine = paid_part(method, overrides)
     will_reuse = method in FREE and any(not reused(r) and paid_part(method, r.get("overrides"))
                                         == mine for r in rows)
     like = ([r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
-            or [r["seconds"] for r in rows if "seconds" in r]
-            or [r["seconds"] for r in elsewhere if "seconds" in r])
+            or ([r["seconds"] for r in elsewhere if "seconds" in r] if not will_reuse else []))
     return max(like) / 60 + MARGIN_MINUTES if like else None
 
 

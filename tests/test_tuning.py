@@ -65,10 +65,10 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     assert tune.minutes_needed("memit", {"mom2_update_weight": 50000}, rows) == 30.0
     assert tune.minutes_needed("memit", {"v_lr": 0.1}, rows) == 4000 / 60 + 15
     assert tune.minutes_needed("alphaedit", {}, []) is None
-    # nothing like it yet: the method's dev rows, else its evaluation rows of 100 edits
-    assert tune.minutes_needed("memit", {"mom2_update_weight": 500}, [yaml]) == 4000 / 60 + 15
+    # no dev row yet: its evaluation rows of 100 edits; the first row reading vectors: unknown
     elsewhere = [{"method": "alphaedit", "n": 100, "seconds": 3000.0}]
     assert tune.minutes_needed("alphaedit", {}, [], elsewhere) == 50 + 15
+    assert tune.minutes_needed("memit", {"mom2_update_weight": 500}, [yaml], elsewhere) is None
     path = tmp_path / "tuning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # AlphaEdit has no dev row: its 100-edit evaluation row (40 min) says its YAML row's time
@@ -89,7 +89,8 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
                "--until", until])
     labels = [a[a.index("--label") + 1] for a in calls]
     # yaml and 1500 are done (run.py would skip them); 50000 fits (30 min); v_lr (82) does
-    # not; nor does any AlphaEdit row (55 min: its evaluation row's, then its YAML row's)
+    # not; nor does any AlphaEdit row (55 min each: with no YAML row yet none reads vectors,
+    # and its evaluation row of 100 edits took 40)
     assert labels == ["memit@yaml", "memit@mom2_update_weight=1500",
                       "memit@mom2_update_weight=50000"] + [
         tune.label("wise", o) for o in tune.GRIDS["wise"]]
@@ -106,6 +107,6 @@ def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tm
     path = tmp_path / "tuning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert tune.report(path).splitlines()[-1] == (
-        "Grid rows still to run (4, about 2.5 hours of one core besides 2 with no estimate): "
-        "`memit@mom2_update_weight=500` ~75 min, `memit@v_lr=0.1` ~75 min, "
+        "Grid rows still to run (4, about 1.2 hours of one core besides 3 with no estimate): "
+        "`memit@mom2_update_weight=500` (no estimate), `memit@v_lr=0.1` ~75 min, "
         "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
