@@ -225,7 +225,7 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         chunk = copy.deepcopy(chunks[k])
         if reuse_targets:
             kwargs["cache_template"], hits = target_cache.prepare(
-                stats_root().parent / "easyedit_targets", method, module, model, tok, hp, chunk)
+                target_cache.root(), method, module, model, tok, hp, chunk)
             extra["targets_from_cache"] = extra.get("targets_from_cache", 0) + hits
         fn(model, tok, chunk, hp, copy=False, return_orig_weights=False,
            keep_original_weight=True, **kwargs)
@@ -315,8 +315,8 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
                 for i, r in enumerate(requests)]
     fields = {"wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-"
                                   f"{WISE_LOC_RECORDS[1] - 1} NQ question + answer"}
-    cache = (ChunkState(wise_cache.folder(stats_root().parent / "wise_memories", hp, model,
-                                          requests)) if reuse_memory else None)
+    cache = (ChunkState(wise_cache.folder(wise_cache.root(), hp, model, requests))
+             if reuse_memory else None)
     if cache is not None and wise_cache.complete(cache, len(requests)):
         _load_wise(wise, model, hp, cache.load_wise(utils)[3])
         logger.info("wise: side memory of %d edits read from %s", len(requests), cache.folder)

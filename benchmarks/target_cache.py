@@ -36,6 +36,20 @@ Z_FREE = frozenset({"mom2_dataset", "mom2_n_samples", "mom2_dtype", "mom2_update
 METHODS = ("memit", "alphaedit")  # the apply functions that take a cache_template
 
 
+def root() -> Path:
+    """Where the vectors are kept: ``easyedit_targets`` under the project's cache folder
+    (``locft_easyedit.models.cache_dir``), one sub-folder per key."""
+    from locft_easyedit.models import cache_dir
+
+    return cache_dir() / "easyedit_targets"
+
+
+def holds_any(folder: Path) -> bool:
+    """Whether ``folder`` (:func:`root`, ``wise_cache.root``) holds anything: on a new machine
+    it does not, and a row that would read an earlier row's vectors computes them again."""
+    return Path(folder).is_dir() and any(Path(folder).iterdir())
+
+
 def model_fingerprint(model) -> str:
     """SHA-256 over every parameter's name, dtype, shape and bytes."""
     import torch

@@ -46,7 +46,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from common import read_jsonl  # noqa: E402
-from target_cache import METHODS as REUSE_TARGETS, Z_FREE  # noqa: E402
+from target_cache import METHODS as REUSE_TARGETS, Z_FREE, holds_any  # noqa: E402
+from target_cache import root as target_cache_root  # noqa: E402
 from wise_cache import INFERENCE_ONLY  # noqa: E402
 
 OUT = HERE / "results" / "tuning.jsonl"
@@ -128,17 +129,18 @@ def speed(row: dict, rows: list) -> float:
     return max([row["seconds_per_edit"], *payers])
 
 
-def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=()):
+def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cached=True):
     """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
     paid), plus ``MARGIN_MINUTES``. A row that will pay, with no dev row of the method yet,
     goes by ``elsewhere`` (the method's evaluation rows of ``DEV_N`` edits: as many edits,
     other records). None when there is nothing to go by (so for the first row that reads an
-    earlier row's vectors or memory: minutes where the paying row took hours)."""
+    earlier row's vectors or memory: minutes where the paying row took hours). ``cached``
+    False (the method's cache folder is empty: a new machine) makes every row pay."""
     mine = paid_part(method, overrides)
-    will_reuse = method in FREE and any(not reused(r) and paid_part(method, r.get("overrides"))
-                                        == mine for r in rows)
+    will_reuse = cached and method in FREE and any(
+        not reused(r) and paid_part(method, r.get("overrides")) == mine for r in rows)
     like = ([r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
             or ([r["seconds"] for r in elsewhere if "seconds" in r] if not will_reuse else []))
     return max(like) / 60 + MARGIN_MINUTES if like else None
@@ -263,7 +265,8 @@ def main(argv=None) -> str:
                 # nothing to go by, or pausable: at least the margin must be left
                 need = ((method in ONE_CALL and minutes_needed(
                     method, overrides, rows,
-                    evaluation_rows(Path(args.out).with_name("edit_quality.jsonl"), method)))
+                    evaluation_rows(Path(args.out).with_name("edit_quality.jsonl"), method),
+                    cached=holds_any(target_cache_root())))
                         or MARGIN_MINUTES + 1)
                 if need >= left:
                     logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",

@@ -39,6 +39,14 @@ RUN_LOCAL = frozenset({"load_path", "model_name"})
 NUMPY_SEED = 0
 
 
+def root() -> Path:
+    """Where the trained side memories are kept: ``wise_memories`` under the project's cache
+    folder (``locft_easyedit.models.cache_dir``), one sub-folder per key."""
+    from locft_easyedit.models import cache_dir
+
+    return cache_dir() / "wise_memories"
+
+
 def settings_for_training(hp) -> dict:
     """WISE's settings its training may read (all but ``INFERENCE_ONLY`` and ``RUN_LOCAL``)."""
     out = {k: v for k, v in sorted(dataclasses.asdict(hp).items())

@@ -69,6 +69,9 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     elsewhere = [{"method": "alphaedit", "n": 100, "seconds": 3000.0}]
     assert tune.minutes_needed("alphaedit", {}, [], elsewhere) == 50 + 15
     assert tune.minutes_needed("memit", {"mom2_update_weight": 500}, [yaml], elsewhere) is None
+    # the vectors are not on this machine (a new one): the row pays, like the YAML row
+    assert tune.minutes_needed("memit", {"mom2_update_weight": 50000}, rows,
+                               cached=False) == 4000 / 60 + 15
     path = tmp_path / "tuning.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # AlphaEdit has no dev row: its 100-edit evaluation row (40 min) says its YAML row's time
@@ -85,8 +88,15 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     monkeypatch.setattr(tune, "GRIDS", {**tune.GRIDS, "memit": [
         {}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000}, {"v_lr": 0.1}]})
     until = time.strftime("%H:%M", time.localtime(time.time() + 45 * 60))  # 44-45 min left
-    tune.main(["--methods", "memit", "alphaedit", "wise", "--out", str(path),
-               "--until", until])
+    argv = ["--methods", "memit", "alphaedit", "wise", "--out", str(path), "--until", until]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tune.main(argv)  # no vectors on this machine: every MEMIT row would pay (67 + 15 min)
+    assert [a[a.index("--label") + 1] for a in calls] == [
+        "memit@yaml", "memit@mom2_update_weight=1500"] + [
+        tune.label("wise", o) for o in tune.GRIDS["wise"]]
+    calls.clear()
+    (tmp_path / "cache" / "locft_easyedit" / "easyedit_targets" / "0123").mkdir(parents=True)
+    tune.main(argv)
     labels = [a[a.index("--label") + 1] for a in calls]
     # yaml and 1500 are done (run.py would skip them); 50000 fits (30 min); v_lr (82) does
     # not; nor does any AlphaEdit row (55 min each: with no YAML row yet none reads vectors,
