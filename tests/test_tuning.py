@@ -120,3 +120,17 @@ def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tm
         "Grid rows still to run (4, about 1.2 hours of one core besides 3 with no estimate): "
         "`memit@mom2_update_weight=500` (no estimate), `memit@v_lr=0.1` ~75 min, "
         "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
+
+
+def test_the_easyedit_venv_script_refuses_a_folder_that_is_not_easyedit(tmp_path):
+    """benchmarks/easyedit_venv.sh checks its source argument before it makes anything."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "easyedit_venv.sh"
+    (tmp_path / "requirements.txt").write_text("torch\n")  # but no easyeditor/
+    out = subprocess.run(["bash", str(script), str(tmp_path), str(tmp_path / "venv")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr and "easyeditor/" in out.stderr
+    assert not (tmp_path / "venv").exists()
