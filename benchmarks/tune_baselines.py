@@ -78,10 +78,16 @@ GRIDS = {
     # model the edits' in-scope distances (80-107) pass the YAML's beta 20 at once and the
     # irrelevant text's (50-62) stay far above alpha 2, past the routing threshold
     # act_ratio 0.5 x in-scope: act_ratio moves that threshold; the margins scaled x5 make
-    # all three of WISE's margin terms act; a smaller edit_lr moves the memory less.
+    # all three of WISE's margin terms act; a smaller edit_lr moves the memory less; n_iter 15
+    # halves the training steps (and so WISE's cost per edit: its 1,000-edit rows take ~19 h
+    # of one core at 30), and wins if within TIE of the best. Added after act_ratio 0.7 came
+    # out best (loc 0.833 -> 0.999 at rel 0.399 -> 0.389): each trained memory is also read
+    # at 0.7, a few minutes a row.
     "wise": [{}, {"act_ratio": 0.7}, {"act_ratio": 0.85}, {"act_ratio": 1.0},
+             {"n_iter": 15}, {"n_iter": 15, "act_ratio": 0.7},
              {"act_margin": [10.0, 100.0, 50.0]},
-             {"edit_lr": 0.3}],
+             {"act_margin": [10.0, 100.0, 50.0], "act_ratio": 0.7},
+             {"edit_lr": 0.3}, {"edit_lr": 0.3, "act_ratio": 0.7}],
 }
 FREE = {"memit": Z_FREE, "alphaedit": Z_FREE, "wise": INFERENCE_ONLY}  # what reused rows move
 ONE_CALL = ("memit", "alphaedit", "ultraedit")  # a dev row is one call: it cannot pause
@@ -129,7 +135,8 @@ def speed(row: dict, rows: list) -> float:
     return max([row["seconds_per_edit"], *payers])
 
 
-def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cached=True):
+def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cached=True,
+                   before=()):
     """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
@@ -137,10 +144,13 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cache
     goes by ``elsewhere`` (the method's evaluation rows of ``DEV_N`` edits: as many edits,
     other records). None when there is nothing to go by (so for the first row that reads an
     earlier row's vectors or memory: minutes where the paying row took hours). ``cached``
-    False (the method's cache folder is empty: a new machine) makes every row pay."""
+    False (the method's cache folder is empty: a new machine) makes every row pay.
+    ``before``: the settings of grid rows still to run before this one (for the report: a
+    row whose payer is among them will read what it computes)."""
     mine = paid_part(method, overrides)
-    will_reuse = cached and method in FREE and any(
-        not reused(r) and paid_part(method, r.get("overrides")) == mine for r in rows)
+    will_reuse = cached and method in FREE and (
+        any(not reused(r) and paid_part(method, r.get("overrides")) == mine for r in rows)
+        or any(paid_part(method, o) == mine for o in before))
     like = ([r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
             or ([r["seconds"] for r in elsewhere if "seconds" in r] if not will_reuse else []))
     return max(like) / 60 + MARGIN_MINUTES if like else None
@@ -211,10 +221,12 @@ def still_to_run(path: Path) -> list:
         rows = done.get(method, [])
         labels = {r["method"] for r in rows}
         elsewhere = evaluation_rows(path.with_name("edit_quality.jsonl"), method)
+        before = []
         for overrides in grid:
             if label(method, overrides) in labels:
                 continue
-            minutes = minutes_needed(method, overrides, rows, elsewhere)
+            minutes = minutes_needed(method, overrides, rows, elsewhere, before=before)
+            before.append(overrides)
             todo.append(f"`{label(method, overrides)}` "
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
             total += minutes or 0.0

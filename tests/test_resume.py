@@ -91,8 +91,13 @@ needs_easyedit = pytest.mark.skipif(
 
 
 @needs_easyedit
-@pytest.mark.parametrize("method", ["ft-m", "wise"])
-def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method):
+@pytest.mark.parametrize("method,sets", [
+    ("ft-m", []), ("wise", []),
+    # WISE's 1,000-edit rows pause past its save_freq 500: here every 4 edits a side memory
+    # is saved and every 8 merged, so the pause after 10 falls between shards (2 kept, one
+    # merge done) and the resumed run must go on from all of them
+    ("wise", ["--set", "save_freq=4", "merge_freq=8"])])
+def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method, sets):
     """FT-M (its rewritten weights) and WISE (its own checkpoint: side memory, masks, edit
     history; numpy's random state; its context templates), 20 tiny edits: paused after the
     first saved state (10 calls), resumed by the same command, the row is the row of an
@@ -102,11 +107,17 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method):
 
     run = _load("run")
     args = ["--model", "tiny", "--methods", method, "--datasets", "zsre", "--n", "20",
-            "--threads", "1", "--python", sys.executable]
+            "--threads", "1", "--python", sys.executable] + sets
     paused = tmp_path / "paused.jsonl"
     assert run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"]) == []
     (state,) = (tmp_path / "tmp" / "resume").iterdir()
     assert json.loads((state / "state.json").read_text())["chunks_done"] == 10
+    if sets:  # the paused WISE holds one merged shard (edits 1-8); edits 9-10 are training
+        import torch
+
+        info = torch.load(state / "wise-10.pt", weights_only=False)["additional_info"]
+        assert (info["merge_cnt"], len(info["memory_weight"]), info["editing_total_cnt"]) == (
+            1, 1, 10)
     (resumed,) = run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"])
     (whole,) = run.main(args + ["--out", str(tmp_path / "whole.jsonl")])
     assert resumed["runs"] == 2 and "runs" not in whole

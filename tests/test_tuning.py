@@ -120,6 +120,18 @@ def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tm
         "Grid rows still to run (4, about 1.2 hours of one core besides 3 with no estimate): "
         "`memit@mom2_update_weight=500` (no estimate), `memit@v_lr=0.1` ~75 min, "
         "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
+    # once a row has read vectors, a row whose payer is still to run (earlier in the grid)
+    # counts as one that reads: v_lr 0.1 pays (75 min), v_lr 0.1 with 500 reads its (30)
+    rows.append(dict(_row("memit@mom2_update_weight=500", {"mom2_update_weight": 500},
+                          0.6, 0.4, 0.8, 9.0), seconds=900.0, targets_from_cache=100))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setitem(tune.GRIDS, "memit", [
+        {}, {"mom2_update_weight": 500}, {"v_lr": 0.1},
+        {"v_lr": 0.1, "mom2_update_weight": 500}])
+    assert tune.report(path).splitlines()[-1] == (
+        "Grid rows still to run (4, about 1.8 hours of one core besides 2 with no estimate): "
+        "`memit@v_lr=0.1` ~75 min, `memit@mom2_update_weight=500,v_lr=0.1` ~30 min, "
+        "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
 
 
 def test_the_easyedit_venv_script_refuses_a_folder_that_is_not_easyedit(tmp_path):
