@@ -146,3 +146,21 @@ def test_the_easyedit_venv_script_refuses_a_folder_that_is_not_easyedit(tmp_path
     assert out.returncode == 2
     assert "usage:" in out.stderr and "easyeditor/" in out.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_rows_computing_the_same_vectors_tie_at_one_speed_and_the_yaml_wins(tune):
+    """AlphaEdit's grid of 2026-12-03: the YAML row and mom2_n_samples 200000 computed the
+    same target vectors (47.8 vs 52.3 s/edit: the machine's load, not the setting); they and
+    a row that read those vectors count as equally fast, and the YAML (nothing moved) wins
+    the tie; a setting whose vectors cost less still wins on speed."""
+    yaml = _row("alphaedit@yaml", {}, 0.347, 0.303, 0.879, 52.25)
+    more = _row("alphaedit@mom2_n_samples=200000", {"mom2_n_samples": 200000},
+                0.348, 0.307, 0.873, 47.79)
+    read = dict(_row("alphaedit@L2=10", {"L2": 10}, 0.35, 0.30, 0.88, 16.0),
+                targets_from_cache=100)
+    rows = [more, read, yaml]
+    assert [tune.speed(r, rows) for r in rows] == [52.25, 52.25, 52.25]
+    assert tune.choose(rows) is yaml
+    cheaper = _row("alphaedit@v_num_grad_steps=12", {"v_num_grad_steps": 12},
+                   0.347, 0.303, 0.877, 30.0)
+    assert tune.choose(rows + [cheaper]) is cheaper
