@@ -32,6 +32,7 @@ PLANNED = (
        for m in ("rome", "memit", "alphaedit")])
 SEEDS = {("zsre", 100, "locft-bf"): (0, 1, 2)}  # LocFT-BF's spread over seeds
 EASYEDIT_PYTHON = "$EASYEDIT_PY"  # the EasyEdit venv's python (benchmarks/EASYEDIT.md)
+REUSE_TARGETS = ("memit", "alphaedit")  # run.py --reuse-targets (target_cache.py)
 MAX_MINUTES = 100  # long EasyEdit rows pause and resume (run.py --max-minutes)
 # minutes a row spends after its editing (scoring, generation, lm-eval's capability pass, one
 # thread): ~35 at N = 1,000 (the rows of 2026-12-03), a few at N = 100
@@ -68,6 +69,9 @@ def command(dataset: str, n: int, method: str, seeds=()) -> str:
     parts += ["--max-minutes", str(MAX_MINUTES)] if base in ("rome", "memit", "alphaedit",
                                                              "ft-m", "wise") else []
     parts += ["--label", method, "--set", *sets] if sets else []
+    # the ZsRE N = 100 row and the first call (100 edits) of the N = 1,000 row edit the same
+    # records on the unedited model: whichever runs second reads the other's target vectors
+    parts += ["--reuse-targets"] if base in REUSE_TARGETS else []
     return " ".join(parts)
 
 
@@ -105,7 +109,7 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=()):
     work (``tune_baselines``' rows, 100 ZsRE edits), times ``n * seeds``, plus
     ``AFTER_MINUTES`` per run; None with nothing to go by."""
     mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
-            and r.get("seconds_per_edit")]
+            and r.get("seconds_per_edit") and not r.get("targets_from_cache")]
     here = [r for r in mine if r["dataset"] == dataset]
     base = LABELS.get(method, (method, []))[0]
     paid = [r["seconds_per_edit"] for r in dev_rows

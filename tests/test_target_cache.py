@@ -126,3 +126,20 @@ def test_a_row_reading_its_targets_equals_the_row_computing_them(tmp_path, monke
     assert "--reuse-targets" in second["command"]
     with pytest.raises(SystemExit):
         run.main(["--model", "tiny", "--methods", "rome", "--reuse-targets"])
+
+
+@needs_easyedit
+def test_the_first_call_of_a_longer_row_reads_the_shorter_rows_vectors(tmp_path, monkeypatch):
+    """The planned rows (planned.py) run with --reuse-targets: MEMIT's row of 4 edits, then
+    its row of 8 in calls of 4, whose first call edits the same records on the unedited model
+    and reads those 4 vectors; its second call (after the first call's edits) computes its
+    own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run = _load("run")
+    args = ["--model", "tiny", "--methods", "memit", "--datasets", "zsre", "--threads", "1",
+            "--python", sys.executable, "--no-capability", "--reuse-targets",
+            "--set", "batch_size=4"]
+    (short,) = run.main(args + ["--n", "4", "--out", str(tmp_path / "a.jsonl")])
+    (long,) = run.main(args + ["--n", "8", "--out", str(tmp_path / "b.jsonl")])
+    assert short["targets_from_cache"] == 0
+    assert long["targets_from_cache"] == 4 and long["easyedit_calls"] == 2
