@@ -111,12 +111,18 @@ def _with_ci(r: dict, key: str) -> str:
     return f"{_fmt(r[key])} ({_fmt(float(ci[0]))}-{_fmt(float(ci[1]))})"
 
 
+def _name(r: dict) -> str:
+    """The row's method, marked where it is a stand-in or ran with settings its YAML no
+    longer holds (``stale``: ``planned.is_stale``)."""
+    return (r["method"] + (" (stand-in)" if "implementation" in r else "")
+            + (" (old settings)" if r.get("stale") else ""))
+
+
 def table(rows, columns=QUALITY) -> str:
     head = ["dataset", "N", "method"] + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        method = (r["method"] + (" (stand-in)" if "implementation" in r else "")
-                  + (" (old settings)" if r.get("stale") else ""))
+        method = _name(r)
         cells = [r["dataset"], str(r["n"]), method] + [
             _with_ci(r, k) + ("\\*" if k == "seconds_per_edit" and read_elsewhere(r) else "")
             for k, _ in columns]
@@ -203,22 +209,24 @@ def losses(rows) -> str:
         by_figure = {}
         for ref, r, _, name, _ in lost:
             by_figure.setdefault(name, {}).setdefault(r["method"], []).append(
-                f"{ref['dataset']} N={ref['n']}")
+                f"{ref['dataset']} N={ref['n']}"
+                + (" (old settings)" if r.get("stale") or ref.get("stale") else ""))
         said = [f"{name} ({'; '.join(m + ': ' + ', '.join(w) for m, w in who.items())})"
                 for name, who in by_figure.items()]
         parts.append("LocFT-BF loses on " + ", on ".join(said) + ". Everywhere else in these "
                      "rows it is ahead, or behind by less than the intervals (seconds: "
                      f"by less than {SPEED_NOISE:.0%}).")
         parts.append("\n".join(
-            f"- {ref['dataset']} N={ref['n']}: {r['method']} {name} {_with_ci(r, key)} vs "
-            f"LocFT-BF {_with_ci(ref, key)} ({how})" for ref, r, key, name, how in lost))
+            f"- {ref['dataset']} N={ref['n']}: {_name(r)} {name} {_with_ci(r, key)} vs "
+            f"{_name(ref).replace(REFERENCE, 'LocFT-BF')} {_with_ci(ref, key)} ({how})"
+            for ref, r, key, name, how in lost))
     else:
         parts.append("LocFT-BF loses nowhere in these rows by more than the intervals.")
     tied = [f for f in found if f[4] in (WITHIN, WITHIN_NOISE)]
     if tied:
         parts.append("Ahead of LocFT-BF within the intervals, or for seconds per edit within "
                      f"{SPEED_NOISE:.0%} (not losses): " + "; ".join(
-            f"{ref['dataset']} N={ref['n']} {r['method']} {name} {_with_ci(r, key)} vs "
+            f"{ref['dataset']} N={ref['n']} {_name(r)} {name} {_with_ci(r, key)} vs "
             f"{_with_ci(ref, key)}" for ref, r, key, name, _ in tied) + ".")
     return "\n\n".join(parts)
 

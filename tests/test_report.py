@@ -36,6 +36,10 @@ def test_losses_count_only_intervals_apart():
         "zsre N=1000 alphaedit seconds per edit 0.950 vs 1.000.")
     assert "alphaedit: zsre N=1000" in report.losses(
         [rows[0], dict(quicker, seconds_per_edit=0.85)])
+    # a row made with settings its YAML no longer holds says so, in the paragraph and below
+    old = report.losses([rows[0], dict(rows[1], stale=True)]).split("\n\n")
+    assert old[0].startswith("LocFT-BF loses on locality (memit: zsre N=1000 (old settings))")
+    assert old[1].startswith("- zsre N=1000: memit (old settings) locality 0.850")
     doc = report.markdown(rows, "rows.jsonl", "benchmarks/plots", tuning="### memit\n")
     for part in ("## Edit quality", "| zsre | 1000 | memit | 0.600 (0.550-0.650) |",
                  "## Where LocFT-BF loses", "## The baselines' tuning (dev split)",
