@@ -10,13 +10,16 @@ command that makes it; ``python benchmarks/planned.py`` prints the same list.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+logger = logging.getLogger("benchmarks.planned")
 MODEL = "embedded:smollm2-135m"
 # LocFT-BF with the strongest locality option of benchmarks/LOCALITY.md (issue 18's frontier:
 # key penalty 0.003 instead of the shipped null-space projection), as its own method name
@@ -37,6 +40,11 @@ SEEDS = {("zsre", 100, "locft-bf"): (0, 1, 2)}  # LocFT-BF's spread over seeds
 EASYEDIT_PYTHON = "$EASYEDIT_PY"  # the EasyEdit venv's python (benchmarks/EASYEDIT.md)
 REUSE_TARGETS = ("memit", "alphaedit")  # run.py --reuse-targets (target_cache.py)
 MAX_MINUTES = 100  # long EasyEdit rows pause and resume (run.py --max-minutes)
+# the rows that can pause, and how many edits they make between saved states (a run cannot
+# stop inside them): MEMIT / AlphaEdit one call of batch_size (100) edits, ROME / FT-M / WISE
+# every 10 calls of one edit (baselines.SAVE_EVERY); LocFT and UltraEdit rows run whole
+UNBROKEN_EDITS = {"memit": 100, "alphaedit": 100, "rome": 10, "ft-m": 10, "wise": 10}
+MARGIN_MINUTES = 15.0  # --until: what is left for the session's last checks
 # minutes a row spends after its editing (scoring, generation, lm-eval's capability pass, one
 # thread): ~35 at N = 1,000 (the rows of 2026-12-03), a few at N = 100
 AFTER_MINUTES = {100: 5, 1000: 35}
@@ -63,24 +71,34 @@ def is_stale(row: dict) -> bool:
 
 
 def command(dataset: str, n: int, method: str, seeds=()) -> str:
+    return " ".join(command_argv(dataset, n, method, seeds))
+
+
+def command_argv(dataset: str, n: int, method: str, seeds=(), easyedit_python=EASYEDIT_PYTHON,
+                 python="python", max_minutes=MAX_MINUTES) -> list:
+    """The row's command as a list: ``[interpreter, "benchmarks/run.py", options...]``."""
     base, sets = LABELS.get(method, (method, []))
     easyedit = not base.startswith("locft")
-    parts = [EASYEDIT_PYTHON if easyedit else "python", "benchmarks/run.py", "--methods", base,
+    parts = [easyedit_python if easyedit else python, "benchmarks/run.py", "--methods", base,
              "--datasets", dataset, "--n", str(n), "--threads", "1"]
     parts += ["--seeds", *map(str, seeds)] if seeds else []
-    parts += ["--python", EASYEDIT_PYTHON] if easyedit else []
-    parts += ["--max-minutes", str(MAX_MINUTES)] if base in ("rome", "memit", "alphaedit",
-                                                             "ft-m", "wise") else []
+    parts += ["--python", easyedit_python] if easyedit else []
+    parts += ["--max-minutes", f"{max_minutes:g}"] if base in UNBROKEN_EDITS else []
     parts += ["--label", method, "--set", *sets] if sets else []
     # the ZsRE N = 100 row and the first call (100 edits) of the N = 1,000 row edit the same
     # records on the unedited model: whichever runs second reads the other's target vectors
     parts += ["--reuse-targets"] if base in REUSE_TARGETS else []
-    return " ".join(parts)
+    return parts
 
 
 def still_to_run(rows) -> list:
     """``[(dataset, n, method, why, command)]`` for every planned row not done (all rows of
     the JSON lines, not only the latest of each)."""
+    return [(d, n, m, why, command(d, n, m, seeds)) for d, n, m, why, seeds in _todo(rows)]
+
+
+def _todo(rows) -> list:
+    """``[(dataset, n, method, why, seeds still to run)]``: :func:`still_to_run`'s rows."""
     have = {}
     for r in rows:
         if r.get("model") == MODEL:
@@ -102,15 +120,25 @@ def still_to_run(rows) -> list:
             if not missing:
                 continue
             why = "seeds " + " ".join(map(str, missing)) + " still to run"
-        out.append((dataset, n, method, why, command(dataset, n, method, missing)))
+        out.append((dataset, n, method, why, missing))
     return out
 
 
 def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=()):
-    """Estimated hours of one core for the row: seconds per edit of the method's latest row
-    on ``dataset``, else on any dataset, else the slowest of its dev rows that paid for their
-    work (``tune_baselines``' rows, 100 ZsRE edits), times ``n * seeds``, plus
-    ``AFTER_MINUTES`` per run; None with nothing to go by."""
+    """Estimated hours of one core for the row: :func:`seconds_per_edit` times
+    ``n * seeds``, plus ``AFTER_MINUTES`` per run; None with nothing to go by."""
+    spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
+    if spe is None:
+        return None
+    runs = len(SEEDS.get((dataset, n, method), ())) or 1
+    return runs * (spe * n / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+
+
+def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
+    """Expected seconds per edit of the row: the method's latest row on ``dataset``, else on
+    any dataset (rows that read part of their work from another row's do not count), else the
+    slowest of its dev rows that paid for their work (``tune_baselines``' rows, 100 ZsRE
+    edits); None with nothing to go by."""
     mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
             and r.get("seconds_per_edit") and not r.get("targets_from_cache")]
     here = [r for r in mine if r["dataset"] == dataset]
@@ -119,11 +147,76 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=()):
             if (r.get("base_method") or r["method"].split("@", 1)[0]) == base
             and r.get("seconds_per_edit") and not r.get("targets_from_cache")
             and not r.get("memory_from_cache")]
-    spe = ((here or mine)[-1]["seconds_per_edit"] if mine else max(paid) if paid else None)
-    if spe is None:
+    return (here or mine)[-1]["seconds_per_edit"] if mine else max(paid) if paid else None
+
+
+def waits_for_tuning(method: str, dev_rows) -> str | None:
+    """Why a tuned baseline's planned rows must wait, or None: its dev grid
+    (``tune_baselines.GRIDS``) still has rows to run, or its YAML does not hold the setting
+    the rule chose yet (written in by hand, with the dev scores in its comments). LocFT's
+    rows wait for nothing."""
+    import tune_baselines as tune
+    import yaml
+    from baselines import easyedit_yaml
+
+    base = LABELS.get(method, (method, []))[0]
+    if base not in tune.GRIDS:
         return None
-    runs = len(SEEDS.get((dataset, n, method), ())) or 1
-    return runs * (spe * n / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+    rows = tune.by_method(dev_rows).get(base, [])
+    done = {r["method"] for r in rows}
+    left = [o for o in tune.GRIDS[base] if tune.label(base, o) not in done]
+    if left:
+        return f"its tuning grid has {len(left)} of {len(tune.GRIDS[base])} rows to run"
+    chosen = tune.choose(rows)
+    cfg = yaml.safe_load(easyedit_yaml(base).read_text())
+    moved = {k: v for k, v in (chosen.get("overrides") or {}).items() if cfg.get(k) != v}
+    if moved:
+        return (f"its YAML does not hold the chosen `{chosen['method']}` yet "
+                f"({', '.join(f'{k}={v}' for k, v in moved.items())})")
+    return None
+
+
+def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=None,
+              threads=1) -> list:
+    """Run the rows still to run, in the plan's order, that wait for no tuning: through
+    ``run.main`` (a paused row goes on from its state; one another process runs is skipped).
+    ``until`` (``HH:MM``, a session's end): a row starts only if its longest part that cannot
+    pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring) fits before it
+    with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Returns the rows made."""
+    import run
+    import tune_baselines as tune
+    from common import read_jsonl
+
+    end = tune.deadline(until, time.time()) if until else None
+    made = []
+    for dataset, n, method, why, seeds in _todo(read_jsonl(rows_path)):
+        base = LABELS.get(method, (method, []))[0]
+        if methods and base not in methods and method not in methods:
+            continue
+        wait = waits_for_tuning(method, read_jsonl(tuning_path))
+        if wait:
+            logger.info("not yet %s N=%d %s: %s", dataset, n, method, wait)
+            continue
+        max_minutes = MAX_MINUTES
+        if end is not None:
+            left = (end - time.time()) / 60
+            spe = seconds_per_edit(dataset, n, method, read_jsonl(rows_path),
+                                   read_jsonl(tuning_path)) or 0.0
+            runs = max(1, len(seeds))
+            piece = (UNBROKEN_EDITS[base] * spe / 60 if base in UNBROKEN_EDITS
+                     else runs * (n * spe / 60 + AFTER_MINUTES.get(n, 35)))
+            if piece + MARGIN_MINUTES >= left:
+                logger.info("not starting %s N=%d %s: it needs ~%.0f min without a pause, "
+                            "%.0f left before %s", dataset, n, method, piece + MARGIN_MINUTES,
+                            left, until)
+                continue
+            max_minutes = min(MAX_MINUTES, left - MARGIN_MINUTES - piece)
+        argv = command_argv(dataset, n, method, seeds, easyedit_python, sys.executable,
+                            max(max_minutes, 1.0))
+        argv[argv.index("--threads") + 1] = str(threads)
+        logger.info("running %s N=%d %s (%s)", dataset, n, method, why)
+        made += run.main(argv[2:] + ["--out", str(rows_path)])
+    return made
 
 
 def markdown(rows, dev_rows=()) -> str:
@@ -131,6 +224,7 @@ def markdown(rows, dev_rows=()) -> str:
     if not todo:
         return "- none: every planned row exists with the current settings"
     hours = [hours_needed(d, n, m, rows, dev_rows) for d, n, m, _, _ in todo]
+    waits = [waits_for_tuning(m, dev_rows) for _, _, m, _, _ in todo]
     known = [h for h in hours if h is not None]
     return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows "
                       f"(`{EASYEDIT_PYTHON}`: the EasyEdit venv's python, benchmarks/EASYEDIT.md; "
@@ -138,7 +232,8 @@ def markdown(rows, dev_rows=()) -> str:
                       "core's, estimated from the method's earlier rows, `hours_needed`):", ""]
                      + [f"- {d} N={n} {m}: {why}; "
                         + (f"~{h:.1f} h" if h is not None else "no row to estimate its time")
-                        + f". `{cmd}`" for (d, n, m, why, cmd), h in zip(todo, hours)]
+                        + (f"; waits: {w}" if w else "")
+                        + f". `{cmd}`" for (d, n, m, why, cmd), h, w in zip(todo, hours, waits)]
                      + ["", f"About {sum(known):.0f} hours of one core in all"
                         + (f", besides {len(hours) - len(known)} rows with no estimate"
                            if len(known) < len(hours) else "") + "."])
@@ -149,9 +244,29 @@ def main(argv=None) -> str:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("jsonl", nargs="?", default=str(HERE / "results" / "edit_quality.jsonl"))
     ap.add_argument("--tuning", default=str(HERE / "results" / "tuning.jsonl"),
-                    help="the dev rows, for the time of methods with no row here yet")
+                    help="the dev rows, for the time of methods with no row here yet and "
+                         "(--run) whether a baseline's tuning is done")
+    ap.add_argument("--run", action="store_true",
+                    help="run the rows still to run, in this order, into JSONL; a baseline's "
+                         "rows wait until its tuning grid has run and its YAML holds the "
+                         "chosen setting; a paused row goes on, one another process (the "
+                         "other core) runs is skipped")
+    ap.add_argument("--easyedit-python", default=sys.executable,
+                    help="--run: the EasyEdit venv's python, for the baselines' rows "
+                         "(LocFT's rows run with the interpreter running this script)")
+    ap.add_argument("--until", metavar="HH:MM",
+                    help="--run: finish by this time today (a session's end): a row starts "
+                         "only if its longest part that cannot pause fits, with "
+                         f"{MARGIN_MINUTES:.0f} min to spare, and pausable rows pause in time")
+    ap.add_argument("--methods", nargs="+", help="--run: only these methods' rows")
+    ap.add_argument("--threads", type=int, default=1, help="--run: torch threads per row")
     args = ap.parse_args(argv)
     from common import read_jsonl
+
+    if args.run:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        run_ready(Path(args.jsonl).resolve(), Path(args.tuning).resolve(),
+                  args.easyedit_python, args.until, args.methods, args.threads)
 
     text = markdown(read_jsonl(args.jsonl), read_jsonl(args.tuning))
     print(text)

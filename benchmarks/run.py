@@ -37,6 +37,7 @@ each runs, and its covariance statistics (computed offline, nothing downloaded),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -304,6 +305,79 @@ def state_folder(out: Path, method: str, dataset: str, n: int, model: str, diges
     return out.parent / "tmp" / "resume" / tag
 
 
+def lock_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".lock")
+
+
+@contextlib.contextmanager
+def claim(folder: Path):
+    """Yield whether this process holds the row's lock (``<state folder>.lock``, ``flock``):
+    a second process given the same row (the other core's queue, a command run twice) skips
+    it instead of editing it twice from the same saved state. The lock goes with the
+    process, so a killed run leaves none behind."""
+    import fcntl
+
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_row(args, method: str, dataset: str, n: int, seed, digest: str, out: Path,
+            state: ChunkState):
+    """Run one row in its own process (``--one``) and append it to ``out``; None when it
+    paused (its state kept) or failed."""
+    cmd = [args.python, str(Path(__file__).resolve()), "--one", method, dataset, str(n),
+           "--model", args.model, "--hparams", str(Path(args.hparams).resolve()),
+           "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
+    cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
+    cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
+    cmd += ["--seed", str(seed)] if seed is not None else []
+    cmd += ["--no-capability"] if args.no_capability else []
+    cmd += ["--reuse-targets"] if args.reuse_targets else []
+    cmd += ["--reuse-memory"] if args.reuse_memory else []
+    cmd += ["--set", *args.set] if args.set else []
+    cmd += ["--state", str(state.folder)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
+                if line.startswith("ROW ")), None)
+    if proc.returncode == PAUSED:
+        logger.warning("%s %s N=%d paused (--max-minutes); state kept in %s: run the "
+                       "same command again to go on", method, dataset, n, state.folder)
+        return None
+    if proc.returncode != 0 or row is None:
+        logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
+                     proc.returncode)
+        return None
+    row["settings_sha256"] = digest
+    row["command"] = " ".join(
+        ["python", "benchmarks/run.py", "--methods", method, "--datasets", dataset,
+         "--n", str(n), "--model", args.model]
+        + (["--threads", str(args.threads)] if args.threads else [])
+        + (["--offset", str(args.offset)] if args.offset else [])
+        + (["--seeds", str(seed)] if seed is not None else [])
+        + (["--label", args.label] if args.label else [])
+        + (["--no-capability"] if args.no_capability else [])
+        + (["--reuse-targets"] if args.reuse_targets else [])
+        + (["--reuse-memory"] if args.reuse_memory else [])
+        + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    state.clear()
+    logger.info("%s %s N=%d: rel %.3f (EM %.3f) gen %.3f (EM %.3f) loc %.3f, %.2f s/edit",
+                method, dataset, n, row["reliability"], row["reliability_em"],
+                row.get("generalization", float("nan")),
+                row.get("generalization_em", float("nan")),
+                row.get("locality", float("nan")), row["seconds_per_edit"])
+    return row
+
+
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,52 +474,21 @@ def main(argv=None) -> list:
             logger.warning("skip %s: EasyEdit is not importable with %s (%s)", method,
                            args.python, missing)
             continue
-        cmd = [args.python, str(Path(__file__).resolve()), "--one", method, dataset, str(n),
-               "--model", args.model, "--hparams", str(Path(args.hparams).resolve()),
-               "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
-        cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
-        cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
-        cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
-        cmd += ["--seed", str(seed)] if seed is not None else []
-        cmd += ["--no-capability"] if args.no_capability else []
-        cmd += ["--reuse-targets"] if args.reuse_targets else []
-        cmd += ["--reuse-memory"] if args.reuse_memory else []
-        cmd += ["--set", *args.set] if args.set else []
         state = ChunkState(state_folder(out, args.label or method, dataset, n, args.model,
                                         f"{digest}_{args.offset}_{seed}"))
-        cmd += ["--state", str(state.folder)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
-                    if line.startswith("ROW ")), None)
-        if proc.returncode == PAUSED:
-            logger.warning("%s %s N=%d paused (--max-minutes); state kept in %s: run the "
-                           "same command again to go on", method, dataset, n, state.folder)
-            continue
-        if proc.returncode != 0 or row is None:
-            logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
-                         proc.returncode)
-            continue
-        row["settings_sha256"] = digest
-        row["command"] = " ".join(
-            ["python", "benchmarks/run.py", "--methods", method, "--datasets", dataset,
-             "--n", str(n), "--model", args.model]
-            + (["--threads", str(args.threads)] if args.threads else [])
-            + (["--offset", str(args.offset)] if args.offset else [])
-            + (["--seeds", str(seed)] if seed is not None else [])
-            + (["--label", args.label] if args.label else [])
-            + (["--no-capability"] if args.no_capability else [])
-            + (["--reuse-targets"] if args.reuse_targets else [])
-            + (["--reuse-memory"] if args.reuse_memory else [])
-            + (["--set", *(shlex.quote(x) for x in args.set)] if args.set else []))
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        state.clear()
-        rows.append(row)
-        logger.info("%s %s N=%d: rel %.3f (EM %.3f) gen %.3f (EM %.3f) loc %.3f, %.2f s/edit",
-                    method, dataset, n, row["reliability"], row["reliability_em"],
-                    row.get("generalization", float("nan")),
-                    row.get("generalization_em", float("nan")),
-                    row.get("locality", float("nan")), row["seconds_per_edit"])
+        with claim(state.folder) as mine:
+            if not mine:
+                logger.warning("skip %s %s N=%d: another process is running it (%s)", method,
+                               dataset, n, lock_path(state.folder))
+                continue
+            again = finished(out)  # the row may have been finished meanwhile by that process
+            if key + (True,) in again or (args.no_capability and key + (False,) in again):
+                logger.info("skip %s %s N=%d: finished meanwhile by another process",
+                            method, dataset, n)
+                continue
+            row = run_row(args, method, dataset, n, seed, digest, out, state)
+        if row is not None:
+            rows.append(row)
     return rows
 
 

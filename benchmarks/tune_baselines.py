@@ -181,14 +181,16 @@ def choose(rows: list) -> dict:
 
 
 def load_rows(path: Path) -> dict:
-    """``{method: [rows]}`` of the dev rows in ``path`` (the latest row of each label)."""
+    """``{method: [rows]}`` of the dev rows in ``path`` (:func:`by_method`)."""
+    return by_method(read_jsonl(path))
+
+
+def by_method(rows: list) -> dict:
+    """``{method: [rows]}`` of the dev rows among ``rows`` (the latest row of each label)."""
     latest = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r.get("offset") == DEV_OFFSET and r["n"] == DEV_N:
-                    latest[r["method"]] = r
+    for r in rows:
+        if r.get("offset") == DEV_OFFSET and r["n"] == DEV_N:
+            latest[r["method"]] = r
     out = {}
     for r in latest.values():
         out.setdefault(r.get("base_method", r["method"]), []).append(r)

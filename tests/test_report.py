@@ -159,8 +159,10 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
              "seconds_per_edit": 2.0, "targets_from_cache": 100},  # not its whole cost
             {"method": "locft-bf", "dataset": "zsre", "n": 1000, "model": m,
              "seconds_per_edit": 1.8}]
-    dev = [{"method": "rome@yaml", "base_method": "rome", "seconds_per_edit": 72.0},
-           {"method": "rome@layers=[3]", "base_method": "rome", "seconds_per_edit": 36.0},
+    dev = [{"method": "rome@yaml", "base_method": "rome", "seconds_per_edit": 72.0,
+            "offset": 1000, "n": 100},
+           {"method": "rome@layers=[3]", "base_method": "rome", "seconds_per_edit": 36.0,
+            "offset": 1000, "n": 100},
            {"method": "alphaedit@L2=10", "base_method": "alphaedit", "seconds_per_edit": 5.0,
             "targets_from_cache": 100}]  # read its vectors: says nothing of the cost
     assert planned.hours_needed("counterfact", 100, "memit", rows) == 0.5 + 5 / 60
@@ -169,8 +171,10 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
     assert planned.hours_needed("zsre", 100, "alphaedit", rows, dev) is None
     assert planned.hours_needed("zsre", 100, "locft-bf", rows) == 3 * (0.05 + 5 / 60)  # seeds
     text = planned.markdown(rows, dev)
-    assert "- wikibigedit N=100 rome: no row yet; ~2.1 h. `" in text
-    assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time. `" in text
+    assert "- wikibigedit N=100 rome: no row yet; ~2.1 h; waits: its tuning grid has 6 of 8 " \
+        "rows to run. `" in text
+    assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time; waits: its " \
+        "tuning grid has 8 of 8 rows to run. `" in text
     assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text
 
 
@@ -180,3 +184,67 @@ def test_read_jsonl_skips_blank_lines_and_a_missing_file_is_empty(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": 2}\n')
     assert common.read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert common.read_jsonl(tmp_path / "none.jsonl") == []
+
+
+def _dev_rows(method, grid, best):
+    """One made-up dev row per setting of ``grid``; ``best`` scores highest."""
+    tune = _load("tune_baselines")
+    return [{"method": tune.label(method, o), "base_method": method, "offset": tune.DEV_OFFSET,
+             "n": tune.DEV_N, "overrides": o, "reliability": 0.9 if o == best else 0.5,
+             "generalization": 0.5, "locality": 0.5, "seconds_per_edit": 1.0} for o in grid]
+
+
+def test_a_baselines_rows_wait_for_its_tuning_and_its_yaml():
+    """Planned rows of a tuned baseline wait until every row of its dev grid has run and its
+    YAML holds the chosen setting; LocFT's wait for nothing."""
+    planned, tune = _load("planned"), _load("tune_baselines")
+    grid = tune.GRIDS["ft-m"]
+    assert planned.waits_for_tuning("locft-bf", []) is None
+    assert planned.waits_for_tuning("locft-bf+kp0.003", []) is None
+    assert planned.waits_for_tuning("ft-m", _dev_rows("ft-m", grid[:-1], {"layers": [26]})) \
+        == f"its tuning grid has 1 of {len(grid)} rows to run"
+    # the shipped FT-M YAML holds layers [26], its grid's choice
+    assert planned.waits_for_tuning("ft-m", _dev_rows("ft-m", grid, {"layers": [26]})) is None
+    assert planned.waits_for_tuning("ft-m", _dev_rows("ft-m", grid, {"lr": 1e-2})) == (
+        "its YAML does not hold the chosen `ft-m@lr=0.01` yet (lr=0.01)")
+    text = planned.markdown([], _dev_rows("ft-m", grid[:2], {}))
+    assert "- zsre N=1000 ft-m: no row yet; ~0.9 h; waits: its tuning grid has 4 of " in text
+
+
+def test_run_ready_starts_what_fits_before_the_deadline(tmp_path, monkeypatch):
+    """``planned.py --run --until``: rows that wait for tuning are left; a row that cannot
+    pause starts only if all of it fits; a pausable one gets --max-minutes to stop in time."""
+    import json
+    import sys
+    import time
+    import types
+    from datetime import datetime
+
+    planned = _load("planned")
+    calls = []
+    monkeypatch.setitem(sys.modules, "run", types.SimpleNamespace(
+        main=lambda argv: calls.append(argv) or []))
+    m = planned.MODEL
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"method": "locft-bf", "dataset": "zsre", "n": 1000, "model": m,
+         "seconds_per_edit": 2.4},  # 40 min + 35 after: 75 min unbroken
+        {"method": "ft-m", "dataset": "zsre", "n": 1000, "model": m, "seconds_per_edit": 60.0}]))
+    dev = tmp_path / "tuning.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in _dev_rows(
+        "ft-m", _load("tune_baselines").GRIDS["ft-m"], {"layers": [26]})))
+    until = datetime.fromtimestamp(time.time() + 60 * 60.5).strftime("%H:%M")  # ~60 min left
+    planned.run_ready(rows, dev, "/venv/python", until=until, methods=["locft-bf", "ft-m"])
+    by_row = {(a[a.index("--datasets") + 1], a[a.index("--n") + 1],
+               a[a.index("--label") + 1] if "--label" in a else a[1]): a for a in calls}
+    assert ("zsre", "1000", "locft-bf") not in by_row  # 75 + 15 min do not fit in 60
+    assert ("wikibigedit", "1000", "locft-bf") not in by_row  # no row yet: as fast as zsre's
+    assert ("counterfact", "100", "locft-bf") in by_row  # 4 min + 5 after + 15
+    assert ("zsre", "1000", "locft-bf+kp0.003") in by_row  # its base method's label
+    ftm = by_row[("zsre", "1000", "ft-m")]  # pauses every 10 edits (10 min)
+    assert ftm[ftm.index("--python") + 1] == "/venv/python" and ftm[-2:] == ["--out", str(rows)]
+    assert 33 <= float(ftm[ftm.index("--max-minutes") + 1]) <= 35.5  # 60 - 15 - 10
+    assert not any(a[1] == "memit" for a in calls)  # not asked for (and not tuned)
+    calls.clear()
+    planned.run_ready(rows, dev, "/venv/python", methods=["memit", "rome"])
+    assert calls == []  # their grids have rows to run

@@ -178,3 +178,24 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
                 "reliability_ci95", "answers_sample"):
         assert resumed[key] == whole[key], key
     assert torch.load(state / checkpoint.FILENAME, weights_only=True)["epoch"] > 10
+
+
+def test_a_row_another_process_is_running_is_skipped(tmp_path, caplog):
+    """Two queues (one per core) given the same row: the second finds its lock held and
+    skips it, launching nothing; the lock goes with the holder, and the row runs after."""
+    run = _load("run")
+    out = tmp_path / "rows.jsonl"
+    hparams = str(run.REPO / "hparams" / "smollm2-135m.yaml")
+    digest = run.settings_digest("locft-bf", hparams, {})
+    folder = run.state_folder(out, "locft-bf", "zsre", 2, "tiny", f"{digest}_0_None")
+    args = ["--model", "tiny", "--methods", "locft-bf", "--n", "2", "--threads", "1",
+            "--no-capability", "--out", str(out)]
+    with run.claim(folder) as mine:
+        assert mine
+        with run.claim(folder) as other:
+            assert not other
+        with caplog.at_level("WARNING"):
+            assert run.main(args) == []
+    assert "another process is running it" in caplog.text and not out.exists()
+    (row,) = run.main(args)  # the lock went with its holder
+    assert row["n"] == 2 and len(out.read_text().splitlines()) == 1
