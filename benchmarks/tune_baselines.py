@@ -160,6 +160,22 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cache
     return max(like) / 60 + MARGIN_MINUTES if like else None
 
 
+def unfinished_payer(method: str, overrides: dict, rows: list):
+    """The label of the earlier grid row whose target vectors / side memory the row
+    ``method@overrides`` would read, when that row has not finished (paused, or running on
+    the other core); else None. Started now, the row would compute them itself: the same
+    hours again."""
+    done = {r["method"] for r in rows}
+    if method not in FREE or label(method, overrides) in done:
+        return None
+    grid = GRIDS[method]
+    mine = paid_part(method, overrides)
+    for o in grid[:grid.index(overrides)] if overrides in grid else grid:
+        if paid_part(method, o) == mine and label(method, o) not in done:
+            return label(method, o)
+    return None
+
+
 def evaluation_rows(path: Path, method: str) -> list:
     """The rows of ``method`` with ``DEV_N`` edits in ``path`` (``results/edit_quality.jsonl``
     beside the tuning file), for ``minutes_needed`` when no dev row of it ran yet."""
@@ -279,6 +295,12 @@ def main(argv=None) -> str:
         for overrides in GRIDS[method]:
             max_minutes = args.max_minutes
             rows = load_rows(Path(args.out)).get(method, [])
+            payer = unfinished_payer(method, overrides, rows)
+            if payer is not None:
+                logger.info("not yet %s: it reads what %s computes, which has not finished "
+                            "(paused, or running in another process)",
+                            label(method, overrides), payer)
+                continue
             if end is not None and label(method, overrides) not in {r["method"] for r in rows}:
                 left = (end - time.time()) / 60
                 # nothing to go by, or pausable: at least the margin must be left

@@ -91,9 +91,10 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     argv = ["--methods", "memit", "alphaedit", "wise", "--out", str(path), "--until", until]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tune.main(argv)  # no vectors on this machine: every MEMIT row would pay (67 + 15 min)
+    # WISE's rows that read a trained memory wait for the row training it (none finished)
+    trains = [tune.label("wise", o) for o in tune.GRIDS["wise"] if not set(o) & {"act_ratio"}]
     assert [a[a.index("--label") + 1] for a in calls] == [
-        "memit@yaml", "memit@mom2_update_weight=1500"] + [
-        tune.label("wise", o) for o in tune.GRIDS["wise"]]
+        "memit@yaml", "memit@mom2_update_weight=1500"] + trains
     calls.clear()
     (tmp_path / "cache" / "locft_easyedit" / "easyedit_targets" / "0123").mkdir(parents=True)
     tune.main(argv)
@@ -102,10 +103,24 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     # not; nor does any AlphaEdit row (55 min each: with no YAML row yet none reads vectors,
     # and its evaluation row of 100 edits took 40)
     assert labels == ["memit@yaml", "memit@mom2_update_weight=1500",
-                      "memit@mom2_update_weight=50000"] + [
-        tune.label("wise", o) for o in tune.GRIDS["wise"]]
+                      "memit@mom2_update_weight=50000"] + trains
     wise_minutes = [float(a[a.index("--max-minutes") + 1]) for a in calls[3:]]
     assert all(28 < m <= 30 for m in wise_minutes)
+
+
+def test_a_row_reading_an_unfinished_rows_work_waits_for_it(tune):
+    """Two cores on one grid: a row that would read the target vectors / side memory of an
+    earlier row waits while that row has not finished (else it would compute them itself)."""
+    grid = tune.GRIDS["memit"]
+    yaml = _row("memit@yaml", {}, 0.6, 0.4, 0.8, 40.0)
+    assert tune.unfinished_payer("memit", {"mom2_update_weight": 1500}, []) == "memit@yaml"
+    assert tune.unfinished_payer("memit", {"mom2_update_weight": 1500}, [yaml]) is None
+    assert tune.unfinished_payer("memit", {"v_lr": 0.1}, []) is None  # it pays
+    assert tune.unfinished_payer("memit", {}, []) is None
+    assert tune.unfinished_payer("wise", {"n_iter": 15, "act_ratio": 0.7}, []) == \
+        "wise@n_iter=15"
+    assert tune.unfinished_payer("ft-m", {"lr": 1e-3}, []) is None  # nothing is shared
+    assert grid[1] == {"mom2_update_weight": 1500}
 
 
 def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tmp_path,
@@ -146,6 +161,24 @@ def test_the_easyedit_venv_script_refuses_a_folder_that_is_not_easyedit(tmp_path
     assert out.returncode == 2
     assert "usage:" in out.stderr and "easyeditor/" in out.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_the_session_script_refuses_bad_arguments_and_a_python_without_easyedit(tmp_path):
+    """benchmarks/session.sh (one core's queue) checks its arguments and that the EasyEdit
+    interpreter imports easyeditor before it starts any row."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "session.sh"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # imports nothing
+    fake.chmod(0o755)
+    for args, says in (([], "usage:"), (["x", "18:00", str(fake)], "usage:"),
+                       (["0", "6pm", str(fake)], "usage:"),
+                       (["0", "18:00", str(fake), str(tmp_path)], "cannot import easyeditor")):
+        out = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["python"]  # no row, no file
 
 
 def test_rows_computing_the_same_vectors_tie_at_one_speed_and_the_yaml_wins(tune):

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One core's share of the benchmark work still to do, until HH:MM (a session's end): the
+# baselines' tuning grids (tune_baselines.py), then the planned rows (planned.py --run). Run one
+# per core; they never take the same row (run.py locks a row while a process runs it), a row
+# that reads another's target vectors or side memory waits for it, a one-call row starts only
+# where it fits, and pausable rows pause in time with their state saved: the next session's
+# same command goes on.
+#
+#   bash benchmarks/session.sh CORE HH:MM EASYEDIT_PY [RESULTS_DIR]
+#
+# CORE: the CPU the rows are pinned to (taskset), one torch thread each. EASYEDIT_PY: the
+# EasyEdit venv's python (benchmarks/easyedit_venv.sh). RESULTS_DIR (default: this checkout's
+# benchmarks/results): where tuning.jsonl and edit_quality.jsonl are, e.g. the main checkout's
+# when the code runs from a separate worktree that no edit touches while rows run. LocFT's
+# rows run with the `python` on PATH (the main environment).
+set -euo pipefail
+if [ $# -lt 3 ] || ! [[ "$1" =~ ^[0-9]+$ ]] || ! [[ "$2" =~ ^[0-9]{1,2}:[0-9]{2}$ ]]; then
+    echo "usage: $0 CORE HH:MM EASYEDIT_PY [RESULTS_DIR]" >&2
+    exit 2
+fi
+core=$1 until=$2 easyedit=$3
+repo=$(cd "$(dirname "$0")/.." && pwd)
+results=$(cd "${4:-$repo/benchmarks/results}" && pwd)
+if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
+    echo "$easyedit cannot import easyeditor: make the venv first (benchmarks/easyedit_venv.sh)" >&2
+    exit 2
+fi
+cd "$repo"
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# WISE's grid first: its two 1,000-edit rows are the longest of the plan (~19.5 h of one core)
+taskset -c "$core" "$easyedit" benchmarks/tune_baselines.py --methods wise memit alphaedit rome \
+    ft-m ultraedit --threads 1 --python "$easyedit" --until "$until" --out "$results/tuning.jsonl"
+taskset -c "$core" python benchmarks/planned.py "$results/edit_quality.jsonl" --run \
+    --tuning "$results/tuning.jsonl" --until "$until" --easyedit-python "$easyedit" --threads 1
