@@ -6,6 +6,11 @@ its YAML holds NOW (the row's ``settings_sha256`` = ``run.settings_digest`` of t
 a baseline re-tuned after its row ran needs the row again), and, where seeds are planned, one
 such row per seed. ``report.py --md`` lists the rest under "Rows still to run", each with the
 command that makes it; ``python benchmarks/planned.py`` prints the same list.
+
+``--run`` runs them in this order (``--until HH:MM``: within a session; ``session.sh`` runs it
+on one core after the tuning grids). A baseline's rows wait until its tuning grid has run and
+its YAML holds the setting the rule chose (``waits_for_tuning``): an evaluation row made with
+settings still to be tuned would only be made again.
 """
 from __future__ import annotations
 
