@@ -53,6 +53,10 @@ MARGIN_MINUTES = 15.0  # --until: what is left for the session's last checks
 # minutes a row spends after its editing (scoring, generation, lm-eval's capability pass, one
 # thread): ~35 at N = 1,000 (the rows of 2026-12-03), a few at N = 100
 AFTER_MINUTES = {100: 5, 1000: 35}
+# a row of an older capability.PROTOCOL (1) measured its peak memory with lm-eval's pass at 16
+# documents a forward (~3 GB of logits): its peak MB is not comparable, and as a seed it would
+# be averaged with rows that stop before the pass (LocFT-BF's ZsRE N = 100 seeds: 7763 MB vs
+# 2041 / 2064)
 
 
 def _current_digest(method: str, row: dict) -> str:
@@ -104,6 +108,7 @@ def still_to_run(rows) -> list:
 
 def _todo(rows) -> list:
     """``[(dataset, n, method, why, seeds still to run)]``: :func:`still_to_run`'s rows."""
+    from capability import PROTOCOL
     have = {}
     for r in rows:
         if r.get("model") == MODEL:
@@ -112,12 +117,16 @@ def _todo(rows) -> list:
     for dataset, n, method in PLANNED + [k for k in SEEDS if k not in PLANNED]:
         found = have.get((dataset, n, method), [])
         with_cap = [r for r in found if "capability_protocol" in r]
-        current = [r for r in with_cap if not is_stale(r)]
+        protocol = [r for r in with_cap if r["capability_protocol"] == PROTOCOL]
+        current = [r for r in protocol if not is_stale(r)]
         want = SEEDS.get((dataset, n, method), ())
         if not found:
             why, missing = "no row yet", want
         elif not with_cap:
             why, missing = "its row predates the lm-eval capability pass", want
+        elif not protocol:
+            why, missing = ("its row ran an older capability protocol (its peak MB includes "
+                            "lm-eval's pass: not comparable)"), want
         elif not current:
             why, missing = "its row ran with settings its YAML no longer holds", want
         else:
@@ -129,13 +138,14 @@ def _todo(rows) -> list:
     return out
 
 
-def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=()):
-    """Estimated hours of one core for the row: :func:`seconds_per_edit` times
-    ``n * seeds``, plus ``AFTER_MINUTES`` per run; None with nothing to go by."""
+def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=None):
+    """Estimated hours of one core for the row: :func:`seconds_per_edit` times ``n`` per
+    seed still to run (``seeds``; default: all of its planned seeds), plus ``AFTER_MINUTES``
+    per run; None with nothing to go by."""
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
     if spe is None:
         return None
-    runs = len(SEEDS.get((dataset, n, method), ())) or 1
+    runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
     return runs * (spe * n / 3600 + AFTER_MINUTES.get(n, 35) / 60)
 
 
@@ -228,7 +238,7 @@ def markdown(rows, dev_rows=()) -> str:
     todo = still_to_run(rows)
     if not todo:
         return "- none: every planned row exists with the current settings"
-    hours = [hours_needed(d, n, m, rows, dev_rows) for d, n, m, _, _ in todo]
+    hours = [hours_needed(d, n, m, rows, dev_rows, seeds) for d, n, m, _, seeds in _todo(rows)]
     waits = [waits_for_tuning(m, dev_rows) for _, _, m, _, _ in todo]
     known = [h for h in hours if h is not None]
     return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows "

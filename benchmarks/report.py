@@ -47,7 +47,8 @@ def combine_seeds(rows: list) -> dict:
     for key in {k for k, v in rows[0].items() if isinstance(v, (int, float))
                 and not isinstance(v, bool)}:
         values = [r.get(key) for r in rows]
-        if key in ("n", "seed") or any(not isinstance(v, (int, float)) for v in values):
+        if key in ("n", "seed", "capability_protocol", "offset") or any(
+                not isinstance(v, (int, float)) for v in values):
             continue
         out[key] = statistics.fmean(values)
         out[key + "_sd"] = statistics.stdev(values)
@@ -57,7 +58,8 @@ def combine_seeds(rows: list) -> dict:
 
 def load_rows(path) -> list:
     """The latest row of each method x dataset x N x model; where rows of two or more seeds
-    exist (``run.py --seeds``), their :func:`combine_seeds` row instead."""
+    exist (``run.py --seeds``) with the same capability protocol (the newest among them),
+    their :func:`combine_seeds` row instead."""
     latest, seeded = {}, {}
     for line in Path(path).read_text().splitlines():
         if line.strip():
@@ -67,8 +69,11 @@ def load_rows(path) -> list:
             if r.get("seed") is not None:
                 seeded.setdefault(key, {})[r["seed"]] = r
     for key, by_seed in seeded.items():
-        if len(by_seed) >= 2:
-            latest[key] = combine_seeds(list(by_seed.values()))
+        # only seeds measured alike: of the newest capability protocol among them
+        newest = max(r.get("capability_protocol", 0) for r in by_seed.values())
+        alike = [r for r in by_seed.values() if r.get("capability_protocol", 0) == newest]
+        if len(alike) >= 2:
+            latest[key] = combine_seeds(alike)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(latest.values(), key=lambda r: (r["model"], r["dataset"], r["n"],
                                                   order.get(r["method"], 99)))
@@ -86,6 +91,26 @@ READ_ELSEWHERE_NOTE = ("\\* part of the row's target vectors were read from anot
                        "N = 100 row and the first call of N = 1,000 edit the same records on "
                        "the unedited model): its s/edit leaves their computation out and is "
                        "not compared or plotted")
+
+
+# a row of capability protocol 1 (2026-12-02) ran lm-eval's pass at 16 documents a forward
+# and within its peak memory (~3 GB of logits); from protocol 2 on the peak stops before it
+PEAK_WITH_PASS_NOTE = ("† peak MB with lm-eval's capability pass at 16 documents a forward "
+                       "(capability protocol 1: ~3 GB of logits), not comparable with the "
+                       "other rows', which stop before the pass")
+
+
+def _peak_with_pass(r: dict) -> bool:
+    return r.get("capability_protocol") == 1 and r.get("peak_rss_mb") is not None
+
+
+def _mark(r: dict, key: str) -> str:
+    """The footnote mark of a figure measured unlike the others (see the notes it names)."""
+    if key == "seconds_per_edit" and read_elsewhere(r):
+        return "\\*"
+    if key == "peak_rss_mb" and _peak_with_pass(r):
+        return "†"
+    return ""
 
 
 def _fmt(v) -> str:
@@ -123,9 +148,8 @@ def table(rows, columns=QUALITY) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         method = _name(r)
-        cells = [r["dataset"], str(r["n"]), method] + [
-            _with_ci(r, k) + ("\\*" if k == "seconds_per_edit" and read_elsewhere(r) else "")
-            for k, _ in columns]
+        cells = [r["dataset"], str(r["n"]), method] + [_with_ci(r, k) + _mark(r, k)
+                                                       for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -366,6 +390,8 @@ def markdown(rows, source: str, plot_dir=None, tuning=None, todo=None) -> str:
         "", "## What the edits cost", "", table(rows, COST)]
     if any(read_elsewhere(r) for r in rows):
         parts += ["", READ_ELSEWHERE_NOTE]
+    if any(_peak_with_pass(r) for r in rows):
+        parts += ["", PEAK_WITH_PASS_NOTE]
     if with_probs:
         parts += ["", "## CounterFact probability scores", "", table(with_probs, PROBS)]
     parts += ["", "## Where LocFT-BF loses", "",

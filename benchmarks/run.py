@@ -282,11 +282,22 @@ def settings_digest(method: str, locft_yaml: str, overrides=None) -> str:
 
 
 def row_key(r: dict) -> tuple:
-    """What makes two rows the same row (the last item: whether lm-eval's capability pass ran;
-    rows from before it count as without)."""
+    """What makes two rows the same row (the last item: the capability protocol its lm-eval
+    pass ran, ``capability.PROTOCOL``; 0 for a row without the pass)."""
     return (r["method"], r["dataset"], r["n"], r["model"], r.get("settings_sha256"),
             tuple(r.get("lm_eval_tasks") or ()), r.get("offset", 0), r.get("seed"),
-            "capability_protocol" in r)
+            r.get("capability_protocol", 0))
+
+
+def already_made(key: tuple, done: set, no_capability: bool) -> bool:
+    """Whether ``done`` (:func:`finished`) holds the row ``key`` (:func:`row_key` less its
+    last item): with the current capability protocol (a row of an older one is made again:
+    its capability pass ran otherwise), or, for a run without the pass (a tuning row), with
+    any or none (a row with the capability pass also serves a sweep that asks for none)."""
+    import capability as cap
+
+    return key + (cap.PROTOCOL,) in done or (
+        no_capability and any(k[:-1] == key for k in done))
 
 
 def finished(out: Path) -> set:
@@ -466,8 +477,7 @@ def main(argv=None) -> list:
         digest = settings_digest(method, args.hparams, args.overrides)
         key = (args.label or method, dataset, n, args.model, digest, tuple(args.lm_eval_tasks),
                args.offset, seed)
-        # a row with the capability pass also serves a sweep that asks for none
-        if key + (True,) in done or (args.no_capability and key + (False,) in done):
+        if already_made(key, done, args.no_capability):
             logger.info("skip %s %s N=%d: already in %s", method, dataset, n, out)
             continue
         if missing and method in NEEDS_EASYEDIT:
@@ -481,8 +491,8 @@ def main(argv=None) -> list:
                 logger.warning("skip %s %s N=%d: another process is running it (%s)", method,
                                dataset, n, lock_path(state.folder))
                 continue
-            again = finished(out)  # the row may have been finished meanwhile by that process
-            if key + (True,) in again or (args.no_capability and key + (False,) in again):
+            # the row may have been finished meanwhile by that process
+            if already_made(key, finished(out), args.no_capability):
                 logger.info("skip %s %s N=%d: finished meanwhile by another process",
                             method, dataset, n)
                 continue

@@ -156,7 +156,7 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(shipped.read_text() + "\nseed: 7\n")
     key = ("locft-bf", "zsre", 10, "tiny", run.settings_digest("locft-bf", str(changed)), (), 0,
-           None, True)
+           None, 2)
     assert run.row_key(bf) == key[:4] + (bf["settings_sha256"],) + key[5:]
     assert key != run.row_key(bf) and key not in run.finished(out)
     ftm = got[1]  # EasyEdit methods are keyed by their own YAML, not the LocFT one
@@ -216,10 +216,16 @@ def test_label_offset_and_overrides_make_their_own_row(rows):
                                    "--set num_epochs=5")
     # a dev row: edit scores only, no lm-eval pass; keyed apart from a row with capability
     assert not [k for k in row if k.startswith("cap_") or k.startswith("lm_eval")]
-    assert run.row_key(row)[-1] is False and run.row_key(got[0])[-1] is True
+    assert run.row_key(row)[-1] == 0 and run.row_key(got[0])[-1] == 2  # capability.PROTOCOL
     plain = ["--model", "tiny", "--methods", "locft-bf", "--datasets", "zsre", "--n", "10",
              "--threads", "1", "--out", str(out)]
     assert run.main(plain + ["--no-capability"]) == []  # the row with capability serves it
+    # a row whose capability pass ran an older protocol is made again (not for a dev row)
+    older = dict(got[0], capability_protocol=1)
+    key = run.row_key(older)[:-1]
+    assert not run.already_made(key, {run.row_key(older)}, no_capability=False)
+    assert run.already_made(key, {run.row_key(older)}, no_capability=True)
+    assert run.already_made(key, {run.row_key(got[0])}, no_capability=False)
     shipped = str(REPO / "hparams" / "smollm2-135m.yaml")
     assert row["settings_sha256"] == run.settings_digest("locft-bf", shipped, {"num_epochs": 5})
     assert row["settings_sha256"] != got[0]["settings_sha256"]

@@ -66,6 +66,11 @@ def test_seconds_of_a_row_that_read_its_vectors_are_marked_and_not_compared():
     assert "| 0.500\\* |" in cost.splitlines()[2] and "| 0.500 |" in cost.splitlines()[3]
     assert report.READ_ELSEWHERE_NOTE in report.markdown([ref, read], "rows.jsonl")
     assert report.READ_ELSEWHERE_NOTE not in report.markdown([ref, paid], "rows.jsonl")
+    # a peak measured with lm-eval's batched pass inside it (capability protocol 1) is marked
+    old = dict(paid, capability_protocol=1, peak_rss_mb=7762.6)
+    assert "| 7762.6† |" in report.table([old], report.COST)
+    assert report.PEAK_WITH_PASS_NOTE in report.markdown([ref, old], "rows.jsonl")
+    assert report.PEAK_WITH_PASS_NOTE not in report.markdown([ref, paid], "rows.jsonl")
 
 
 def test_rows_of_several_seeds_show_mean_and_spread(tmp_path):
@@ -83,6 +88,13 @@ def test_rows_of_several_seeds_show_mean_and_spread(tmp_path):
     assert abs(bf["reliability"] - 0.98) < 1e-12 and abs(bf["reliability_sd"] - 0.01) < 1e-12
     assert "| zsre | 1000 | locft-bf | 0.980 ± 0.010 (3 seeds) |" in report.table([bf])
     assert "seeds" not in got["memit"]
+    # a seed whose capability pass ran an older protocol is not averaged with the others
+    rows[0]["capability_protocol"], rows[1]["capability_protocol"] = 1, 2
+    rows[2]["capability_protocol"] = 2
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bf = {r["method"]: r for r in report.load_rows(path)}["locft-bf"]
+    assert bf["seeds"] == [1, 2] and bf["capability_protocol"] == 2
+    assert abs(bf["reliability"] - 0.985) < 1e-12
 
 
 def test_markdown_goes_between_the_markers_of_an_existing_file(tmp_path):
@@ -115,6 +127,7 @@ def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
             {k: v for k, v in row("locft-bf", "counterfact", 1000).items()
              if k != "capability_protocol"},  # made before lm-eval
             row("locft-bf", "wikibigedit", 1000, settings_sha256="0" * 12),  # YAML changed since
+            row("locft-bf+kp0.003", "counterfact", 1000, capability_protocol=1),
             row("locft-bf", "zsre", 100, seed=0, overrides={"seed": 0}),
             row("locft-bf", "zsre", 100, seed=2, overrides={"seed": 2}),
             row("locft-bf+kp0.003", "zsre", 1000, base_method="locft-bf",
@@ -133,6 +146,8 @@ def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
         "seeds 1 still to run",
         "python benchmarks/run.py --methods locft-bf --datasets zsre --n 100 --threads 1 "
         "--seeds 1")
+    assert todo[("counterfact", 1000, "locft-bf+kp0.003")][0].startswith(
+        "its row ran an older capability protocol")
     assert todo[("counterfact", 1000, "locft-bf+kp0.003")][1].endswith(
         "--label locft-bf+kp0.003 --set key_penalty_weight=0.003 null_space_energy=0")
     assert todo[("zsre", 1000, "memit")] == (
