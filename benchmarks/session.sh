@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One core's share of the benchmark work still to do, until HH:MM (a session's end): the
-# baselines' tuning grids (tune_baselines.py), then the planned rows (planned.py --run). Run one
-# per core; they never take the same row (run.py locks a row while a process runs it), a row
-# that reads another's target vectors or side memory waits for it, a one-call row starts only
-# where it fits, and pausable rows pause in time with their state saved: the next session's
-# same command goes on.
+# planned rows that are ready (planned.py --run), then the baselines' tuning grids
+# (tune_baselines.py). Run one per core; they never take the same row (run.py locks a row
+# while a process runs it), a row that reads another's target vectors or side memory waits
+# for it, a row that cannot pause starts only where it fits, and pausable rows pause in time
+# with their state saved: the next session's same command goes on.
 #
 #   bash benchmarks/session.sh CORE HH:MM EASYEDIT_PY [RESULTS_DIR]
 #
@@ -27,8 +27,10 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-# WISE's grid first: its two 1,000-edit rows are the longest of the plan (~19.5 h of one core)
-taskset -c "$core" "$easyedit" benchmarks/tune_baselines.py --methods wise memit alphaedit rome \
-    ft-m ultraedit --threads 1 --python "$easyedit" --until "$until" --out "$results/tuning.jsonl"
+# planned rows that wait for nothing first (LocFT's; a baseline's once its grid has run and
+# its YAML holds the choice): short, and what RESULTS.md shows; then the grids, WISE's first
+# (its two 1,000-edit rows are the longest of the plan, ~19.5 h of one core each)
 taskset -c "$core" python benchmarks/planned.py "$results/edit_quality.jsonl" --run \
     --tuning "$results/tuning.jsonl" --until "$until" --easyedit-python "$easyedit" --threads 1
+taskset -c "$core" "$easyedit" benchmarks/tune_baselines.py --methods wise memit alphaedit rome \
+    ft-m ultraedit --threads 1 --python "$easyedit" --until "$until" --out "$results/tuning.jsonl"
