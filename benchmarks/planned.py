@@ -171,7 +171,6 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     the rule chose yet (written in by hand, with the dev scores in its comments). LocFT's
     rows wait for nothing."""
     import tune_baselines as tune
-    import yaml
     from baselines import easyedit_yaml
 
     base = LABELS.get(method, (method, []))[0]
@@ -183,7 +182,7 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     if left:
         return f"its tuning grid has {len(left)} of {len(tune.GRIDS[base])} rows to run"
     chosen = tune.choose(rows)
-    cfg = yaml.safe_load(easyedit_yaml(base).read_text())
+    cfg = tune.yaml_settings(easyedit_yaml(base))
     moved = {k: v for k, v in (chosen.get("overrides") or {}).items() if cfg.get(k) != v}
     if moved:
         return (f"its YAML does not hold the chosen `{chosen['method']}` yet "

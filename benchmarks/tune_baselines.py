@@ -34,6 +34,10 @@ where its expected time fits, and has the others pause in time.
     python benchmarks/tune_baselines.py --methods ft-m memit --threads 1 --max-minutes 100
     python benchmarks/tune_baselines.py --methods memit wise --threads 1 --until 16:30
     python benchmarks/tune_baselines.py --report      # grid, dev scores, the chosen settings
+    python benchmarks/tune_baselines.py --apply --methods memit   # the choice into its YAML
+
+Once a grid has run, ``--apply`` writes the chosen setting into the method's YAML with its dev
+scores as a comment; ``planned.py`` holds the method's evaluation rows back until then.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -234,6 +239,67 @@ def report(path: Path = OUT) -> str:
     return "\n".join(lines + still_to_run(path))
 
 
+def yaml_settings(path) -> dict:
+    """A baseline's YAML as EasyEdit reads it: a string that is a number ('5e-1', which YAML
+    1.1 leaves a string) becomes that float (``HyperParams.
+    construct_float_from_scientific_notation``)."""
+    import yaml
+
+    def value(v):
+        try:
+            return float(v) if isinstance(v, str) else v
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in yaml.safe_load(Path(path).read_text()).items()}
+
+
+def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> str:
+    """Write the setting the rule chose for ``method`` into its YAML (``baselines.
+    easyedit_yaml``): each moved key's line gets the chosen value (its trailing comment kept),
+    and a ``# Tuned`` comment with the dev scores goes above the first key. Refuses while the
+    grid has rows to run, and does nothing when the YAML already holds the choice. Returns
+    what it did, for the log."""
+    from baselines import easyedit_yaml
+
+    rows = load_rows(path).get(method, [])
+    done = {r["method"] for r in rows}
+    left = [label(method, o) for o in GRIDS[method] if label(method, o) not in done]
+    if left:
+        raise SystemExit(f"{method}: the grid has {len(left)} rows to run ({', '.join(left)}); "
+                         "the rule chooses once every row has run")
+    chosen = choose(rows)
+    target = Path(yaml_path or easyedit_yaml(method))
+    text = target.read_text()
+    cfg = yaml_settings(target)
+    moved = {k: v for k, v in (chosen.get("overrides") or {}).items() if cfg.get(k) != v}
+    if not moved:
+        return f"{method}: {target.name} already holds the chosen `{chosen['method']}`"
+    lines = text.splitlines()
+    for key, value in moved.items():
+        at = [i for i, line in enumerate(lines) if line.startswith(f"{key}:")]
+        if len(at) != 1:
+            raise SystemExit(f"{target}: {len(at)} top-level lines set {key!r}; write it by hand")
+        comment = lines[at[0]].split(" #", 1)[1] if " #" in lines[at[0]] else None
+        lines[at[0]] = f"{key}: {json.dumps(value)}" + (f"  #{comment}" if comment else "")
+    first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    others = "; ".join(f"{r['method'].split('@', 1)[1]} {score(r):.3f}"
+                       for r in sorted(rows, key=score, reverse=True) if r is not chosen)
+    note = (f"Tuned (issue 16, benchmarks/tune_baselines.py --apply, rule in its docstring; dev "
+            f"split ZsRE records {DEV_OFFSET}-{DEV_OFFSET + DEV_N - 1}, N={DEV_N}, "
+            f"{today or datetime.now():%Y-%m-%d}): "
+            + ", ".join(f"{k} {json.dumps(v)}" for k, v in moved.items())
+            + f" chosen (rel / gen / loc {chosen['reliability']:.3f} / "
+            f"{chosen['generalization']:.3f} / {chosen['locality']:.3f}, mean {score(chosen):.3f}"
+            f") over (mean of the three): {others}. The grid and its rows: `python "
+            f"benchmarks/tune_baselines.py --report`.")
+    wrapped = textwrap.wrap(note, width=93, break_on_hyphens=False)
+    lines[first:first] = ["# " + w for w in wrapped]
+    target.write_text("\n".join(lines) + "\n")
+    assert yaml_settings(target) == {**cfg, **moved}
+    return f"{method}: wrote {', '.join(f'{k}={v}' for k, v in moved.items())} into {target}"
+
+
 def still_to_run(path: Path) -> list:
     """Markdown lines naming the grids' rows not in ``path`` yet, each with its expected
     minutes (``minutes_needed``; a row that reads an earlier row's vectors or side memory is
@@ -278,8 +344,25 @@ def main(argv=None) -> str:
                          "expected time (its like rows' longest editing + 15 min) fits, and "
                          "the others pause 15 min before it (their state is saved)")
     ap.add_argument("--report", action="store_true", help="print the grids and choices only")
+    ap.add_argument("--apply", action="store_true",
+                    help="write each of --methods' chosen setting into its YAML, with its dev "
+                         "scores as a comment (once its grid has run); its planned evaluation "
+                         "rows wait for this (planned.py)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.apply:
+        said, refused = [], False
+        for m in args.methods:
+            try:
+                said.append(apply_choice(m, Path(args.out)))
+            except SystemExit as exc:
+                said.append(f"not applied: {exc}")
+                refused = True
+        text = "\n".join(said)
+        if refused:
+            raise SystemExit(text)
+        print(text)
+        return text
     if args.report:
         text = report(Path(args.out))
         print(text)

@@ -197,3 +197,46 @@ def test_rows_computing_the_same_vectors_tie_at_one_speed_and_the_yaml_wins(tune
     cheaper = _row("alphaedit@v_num_grad_steps=12", {"v_num_grad_steps": 12},
                    0.347, 0.303, 0.877, 30.0)
     assert tune.choose(rows + [cheaper]) is cheaper
+
+
+def test_apply_writes_the_choice_into_a_copy_of_the_yaml(tune, tmp_path):
+    """--apply: the chosen values replace their lines (comments kept), a comment with the dev
+    scores goes above the first key, the rest of the file is unchanged; a second apply does
+    nothing; a grid with rows to run is refused."""
+    import yaml
+
+    from test_benchmarks import REPO
+
+    def grid_rows(method, best):
+        return [_row(tune.label(method, o), o, 0.9 if o == best else 0.5, 0.5, 0.5, 10.0)
+                for o in tune.GRIDS[method]]
+
+    path = tmp_path / "tuning.jsonl"
+    for method, best, key, line in (
+            ("memit", {"mom2_update_weight": 1500}, "mom2_update_weight",
+             "mom2_update_weight: 1500"),
+            ("wise", {"act_margin": [10.0, 100.0, 50.0]}, "act_margin",
+             "act_margin: [10.0, 100.0, 50.0]  # alpha, beta, gamma")):
+        shipped = REPO / "benchmarks" / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
+        copy = tmp_path / shipped.name
+        copy.write_text(shipped.read_text())
+        path.write_text("".join(json.dumps(r) + "\n" for r in grid_rows(method, best)))
+        said = tune.apply_choice(method, path, copy, today=__import__("datetime").date(2026, 12, 4))
+        assert said == f"{method}: wrote {key}={best[key]} into {copy}"
+        text = copy.read_text()
+        assert line in text.splitlines()
+        assert yaml.safe_load(text) == {**yaml.safe_load(shipped.read_text()), **best}
+        assert tune.yaml_settings(copy)["v_lr" if method == "memit" else "edit_lr"] in (0.5, 0.9)
+        note = [x for x in text.splitlines() if x.startswith("# ")]
+        joined = " ".join(x[2:] for x in note)
+        assert (f"Tuned (issue 16, benchmarks/tune_baselines.py --apply, rule in its docstring; "
+                f"dev split ZsRE records 1000-1099, N=100, 2026-12-04): {key} ") in joined
+        assert "(rel / gen / loc 0.900 / 0.500 / 0.500, mean 0.633) over (mean of the three): " \
+               "yaml 0.500;" in joined
+        assert len(text.splitlines()) - len(shipped.read_text().splitlines()) == \
+            sum(1 for x in note if x not in shipped.read_text().splitlines())
+        assert tune.apply_choice(method, path, copy) == \
+            f"{method}: {copy.name} already holds the chosen `{tune.label(method, best)}`"
+    path.write_text(json.dumps(grid_rows("memit", {})[0]) + "\n")
+    with pytest.raises(SystemExit, match="memit: the grid has 11 rows to run"):
+        tune.apply_choice("memit", path, copy)
