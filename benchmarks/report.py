@@ -86,11 +86,12 @@ def read_elsewhere(r: dict) -> bool:
     return bool(r.get("targets_from_cache") or r.get("memory_from_cache"))
 
 
-READ_ELSEWHERE_NOTE = ("\\* part of the row's target vectors were read from another row's "
-                       "identical computation (`--reuse-targets`, `target_cache.py`: the ZsRE "
-                       "N = 100 row and the first call of N = 1,000 edit the same records on "
-                       "the unedited model): its s/edit leaves their computation out and is "
-                       "not compared or plotted")
+READ_ELSEWHERE_NOTE = ("\\* part of the row's costly work was read from another row's "
+                       "identical computation: MEMIT's / AlphaEdit's target vectors "
+                       "(`--reuse-targets`, `target_cache.py`; the ZsRE N = 100 row and the "
+                       "first call of the N = 1,000 row edit the same records on the unedited "
+                       "model) or WISE's side memory (`--reuse-memory`, `wise_cache.py`). Its "
+                       "s/edit leaves that work out and is not compared or plotted")
 
 
 # a row of capability protocol 1 (2026-12-02) ran lm-eval's pass at 16 documents a forward
