@@ -55,7 +55,6 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     fits (a row reading the YAML row's vectors is like the rows that read them); WISE rows
     (they pause) get --max-minutes 15 min short of it."""
     import sys
-    import time
     import types
 
     yaml = dict(_row("memit@yaml", {}, 0.6, 0.4, 0.8, 40.0), seconds=4000.0)   # 67 min
@@ -87,7 +86,9 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     monkeypatch.setitem(sys.modules, "run", fake)
     monkeypatch.setattr(tune, "GRIDS", {**tune.GRIDS, "memit": [
         {}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000}, {"v_lr": 0.1}]})
-    until = time.strftime("%H:%M", time.localtime(time.time() + 45 * 60))  # 44-45 min left
+    # 44.5 min left, whatever the time of day (HH:MM past midnight names a time gone today)
+    monkeypatch.setattr(tune, "deadline", lambda hhmm, now: now + 44.5 * 60)
+    until = "HH:MM"
     argv = ["--methods", "memit", "alphaedit", "wise", "--out", str(path), "--until", until]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tune.main(argv)  # no vectors on this machine: every MEMIT row would pay (67 + 15 min)
