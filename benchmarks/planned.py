@@ -8,7 +8,7 @@ such row per seed. ``report.py --md`` lists the rest under "Rows still to run", 
 command that makes it; ``python benchmarks/planned.py`` prints the same list.
 
 ``--run`` runs them in this order (``--until HH:MM``: within a session; ``session.sh`` runs it
-on one core after the tuning grids). A baseline's rows wait until its tuning grid has run and
+on one core, before the tuning grids). A baseline's rows wait until its tuning grid has run and
 its YAML holds the setting the rule chose (``waits_for_tuning``): an evaluation row made with
 settings still to be tuned would only be made again.
 """
@@ -269,8 +269,9 @@ def main(argv=None) -> str:
                     help="--run: the EasyEdit venv's python, for the baselines' rows "
                          "(LocFT's rows run with the interpreter running this script)")
     ap.add_argument("--until", metavar="HH:MM",
-                    help="--run: finish by this time today (a session's end): a row starts "
-                         "only if its longest part that cannot pause fits, with "
+                    help="--run: finish by this time (a session's end; the nearest such "
+                         "time, past midnight too): a row starts only if its longest part "
+                         "that cannot pause fits, with "
                          f"{MARGIN_MINUTES:.0f} min to spare, and pausable rows pause in time")
     ap.add_argument("--methods", nargs="+", help="--run: only these methods' rows")
     ap.add_argument("--threads", type=int, default=1, help="--run: torch threads per row")

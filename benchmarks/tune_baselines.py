@@ -47,7 +47,7 @@ import logging
 import sys
 import textwrap
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -188,9 +188,13 @@ def evaluation_rows(path: Path, method: str) -> list:
 
 
 def deadline(hhmm: str, now: float) -> float:
-    """The epoch time of ``HH:MM`` today (local time)."""
+    """The epoch time of the ``HH:MM`` (local time) nearest to ``now``: today's, or
+    tomorrow's when that is nearer (a session that crosses midnight: ``01:40`` at 23:00 is
+    in 2 h 40 min), or yesterday's (``23:50`` at 00:10 has passed)."""
     t = datetime.strptime(hhmm, "%H:%M").time()
-    return datetime.combine(datetime.fromtimestamp(now).date(), t).timestamp()
+    today = datetime.combine(datetime.fromtimestamp(now).date(), t)
+    times = [(today + timedelta(days=d)).timestamp() for d in (-1, 0, 1)]
+    return min(times, key=lambda x: abs(x - now))
 
 
 def choose(rows: list) -> dict:
@@ -339,8 +343,9 @@ def main(argv=None) -> str:
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter with EasyEdit (e.g. its venv's python)")
     ap.add_argument("--until", metavar="HH:MM",
-                    help="finish by this time today (e.g. a session's end): a one-call row "
-                         "(MEMIT, AlphaEdit, UltraEdit: lost if killed) starts only if its "
+                    help="finish by this time (a session's end; the nearest such time): a "
+                         "one-call row (MEMIT, AlphaEdit, UltraEdit: lost if killed) starts "
+                         "only if its "
                          "expected time (its like rows' longest editing + 15 min) fits, and "
                          "the others pause 15 min before it (their state is saved)")
     ap.add_argument("--report", action="store_true", help="print the grids and choices only")

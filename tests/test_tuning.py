@@ -17,6 +17,20 @@ def _row(method, overrides, rel, gen, loc, spe, offset=1000, n=100):
             "locality": loc, "seconds_per_edit": spe}
 
 
+def test_the_deadline_is_the_nearest_hh_mm(tune):
+    """--until HH:MM names the nearest such time: later today, past today (nothing starts),
+    or after midnight for a session that crosses it."""
+    from datetime import datetime
+
+    def at(day, hh, mm):
+        return datetime(2026, 12, day, hh, mm).timestamp()
+
+    assert tune.deadline("18:30", at(3, 15, 40)) == at(3, 18, 30)
+    assert tune.deadline("15:00", at(3, 15, 5)) == at(3, 15, 0)  # gone: nothing fits
+    assert tune.deadline("01:40", at(3, 23, 0)) == at(4, 1, 40)
+    assert tune.deadline("23:50", at(4, 0, 10)) == at(3, 23, 50)
+
+
 def test_labels_name_the_knobs(tune):
     assert tune.label("memit", {}) == "memit@yaml"
     assert tune.label("memit", {"v_lr": 0.1, "layers": [2, 3]}) == "memit@layers=[2,3],v_lr=0.1"
