@@ -183,7 +183,8 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
         return f"its tuning grid has {len(left)} of {len(tune.GRIDS[base])} rows to run"
     chosen = tune.choose(rows)
     cfg = tune.yaml_settings(easyedit_yaml(base))
-    moved = {k: v for k, v in (chosen.get("overrides") or {}).items() if cfg.get(k) != v}
+    moved = {k: v for k, v in (chosen.get("overrides") or {}).items()
+             if cfg.get(k) != tune.as_read(v)}
     if moved:
         return (f"its YAML does not hold the chosen `{chosen['method']}` yet "
                 f"({', '.join(f'{k}={v}' for k, v in moved.items())})")

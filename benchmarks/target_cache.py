@@ -12,16 +12,18 @@ paper's code: one ``.npz`` per request, named by layer, ``clamp_norm_factor`` an
 ``case_id``). Here the folder they go in is named by a SHA-256 of everything else ``z``
 depends on, so a vector is only ever reused where it would be recomputed bit for bit:
 
-* the method;
+* the ``compute_z`` that computes it (MEMIT's, also for AlphaEdit: :data:`Z_AS`);
 * every setting except :data:`Z_FREE` (those ``compute_z`` never reads);
 * the model's weights as the call finds them (a SHA-256 of every parameter's bytes: a later
   chunk, after earlier edits, gets a folder of its own);
 * the context templates (generated before the key, as the call would) and padding side;
 
-and ``case_id`` is a SHA-256 of the whole request. Only the tuning grid turns it on
-(``run.py --reuse-targets``); its rows record how many vectors came from the cache
-(``targets_from_cache``), and their ``seconds_per_edit`` leaves those vectors' computation out
-(``tune_baselines`` breaks ties on the speed of the row that computed them).
+and ``case_id`` is a SHA-256 of the whole request. The tuning grid and the planned MEMIT /
+AlphaEdit rows turn it on (``run.py --reuse-targets``; ``planned.py``: the ZsRE N = 100 row and
+the first call of N = 1,000 share their vectors); rows record how many vectors came from the
+cache (``targets_from_cache``), and their ``seconds_per_edit`` leaves those vectors'
+computation out (``tune_baselines`` breaks ties on the speed of the row that computed them;
+``report.py`` marks it).
 """
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ from pathlib import Path
 Z_FREE = frozenset({"mom2_dataset", "mom2_n_samples", "mom2_dtype", "mom2_update_weight",
                     "mom2_adjustment", "stats_dir", "nullspace_threshold", "L2", "P_loc"})
 METHODS = ("memit", "alphaedit")  # the apply functions that take a cache_template
+# AlphaEdit's compute_z is MEMIT's: EasyEdit's copy of it differs in names and in two
+# equivalent expressions, and for the same settings, model, templates and request the two
+# compute the same vector bit for bit (measured 2026-12-03: all 100 dev vectors of MEMIT
+# v_lr 0.1 and of AlphaEdit clamp_norm_factor 4 / v_weight_decay 1e-3, whose z settings are
+# the same; tests/test_target_cache.py checks it on the tiny model). So both name their
+# vectors' folder as MEMIT does (its method and alg_name), and each reads the other's.
+Z_AS = {"memit": ("memit", "MEMIT"), "alphaedit": ("memit", "MEMIT")}
 
 
 def root() -> Path:
@@ -81,9 +90,11 @@ def prepare(root: Path, method: str, module, model, tok, hp, requests: list) -> 
     if method not in METHODS:
         raise ValueError(f"{method} takes no cache of target vectors (only {METHODS})")
     templates = module.get_context_templates(model, tok)
+    as_method, as_alg = Z_AS[method]
     key = hashlib.sha256(json.dumps({
-        "method": method, "settings": settings_for_z(hp), "model": model_fingerprint(model),
-        "templates": templates, "padding_side": tok.padding_side,
+        "method": as_method, "settings": {**settings_for_z(hp), "alg_name": as_alg},
+        "model": model_fingerprint(model), "templates": templates,
+        "padding_side": tok.padding_side,
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]
     folder = Path(root) / key
     template = str(folder / "z_layer{}_clamp{}_{}.npz")

@@ -141,6 +141,9 @@ def speed(row: dict, rows: list) -> float:
     mine = paid_part(method, row.get("overrides"))
     payers = [r["seconds_per_edit"] for r in rows
               if not reused(r) and paid_part(method, r.get("overrides")) == mine]
+    if reused(row) and not payers:  # read from another method's row (AlphaEdit: MEMIT's
+        # vectors, target_cache.Z_AS): as slow as the slowest of its own rows that computed
+        payers = [r["seconds_per_edit"] for r in rows if not reused(r)]
     return max([row["seconds_per_edit"], *payers])
 
 
@@ -243,19 +246,31 @@ def report(path: Path = OUT) -> str:
     return "\n".join(lines + still_to_run(path))
 
 
+def as_read(v):
+    """A setting as EasyEdit reads it: a string that is a number ('5e-1' or '3e-05', which
+    YAML 1.1 leaves strings, in a YAML file or a ``--set``) becomes that float
+    (``HyperParams.construct_float_from_scientific_notation``)."""
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
+
+
 def yaml_settings(path) -> dict:
-    """A baseline's YAML as EasyEdit reads it: a string that is a number ('5e-1', which YAML
-    1.1 leaves a string) becomes that float (``HyperParams.
-    construct_float_from_scientific_notation``)."""
+    """A baseline's YAML as EasyEdit reads it (:func:`as_read`)."""
     import yaml
 
-    def value(v):
-        try:
-            return float(v) if isinstance(v, str) else v
-        except ValueError:
-            return v
+    return {k: as_read(v) for k, v in yaml.safe_load(Path(path).read_text()).items()}
 
-    return {k: value(v) for k, v in yaml.safe_load(Path(path).read_text()).items()}
+
+def yaml_value(v) -> str:
+    """``v`` written so that YAML reads it back as it is (a float in exponent form needs a
+    dot in YAML 1.1: 3e-05 -> 3.0e-05)."""
+    text = json.dumps(v)
+    if isinstance(v, float) and "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
 
 
 def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> str:
@@ -276,7 +291,8 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
     target = Path(yaml_path or easyedit_yaml(method))
     text = target.read_text()
     cfg = yaml_settings(target)
-    moved = {k: v for k, v in (chosen.get("overrides") or {}).items() if cfg.get(k) != v}
+    moved = {k: as_read(v) for k, v in (chosen.get("overrides") or {}).items()
+             if cfg.get(k) != as_read(v)}
     if not moved:
         return f"{method}: {target.name} already holds the chosen `{chosen['method']}`"
     lines = text.splitlines()
@@ -285,7 +301,7 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
         if len(at) != 1:
             raise SystemExit(f"{target}: {len(at)} top-level lines set {key!r}; write it by hand")
         comment = lines[at[0]].split(" #", 1)[1] if " #" in lines[at[0]] else None
-        lines[at[0]] = f"{key}: {json.dumps(value)}" + (f"  #{comment}" if comment else "")
+        lines[at[0]] = f"{key}: {yaml_value(value)}" + (f"  #{comment}" if comment else "")
     first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     others = "; ".join(f"{r['method'].split('@', 1)[1]} {score(r):.3f}"
                        for r in sorted(rows, key=score, reverse=True) if r is not chosen)

@@ -24,6 +24,15 @@ class _HP:  # the fields of a MEMIT hparams object that matter here
     v_lr: float = 0.5
     mom2_update_weight: float = 15000.0
     mom2_n_samples: int = 50000
+    alg_name: str = "MEMIT"
+
+
+@dataclasses.dataclass
+class _AlphaHP(_HP):  # AlphaEdit's: MEMIT's fields and three that compute_z never reads
+    alg_name: str = "AlphaEdit"
+    nullspace_threshold: float = 2e-2
+    L2: float = 1.0
+    P_loc: str = "p.pt"
 
 
 def _module(templates):
@@ -67,6 +76,22 @@ def test_the_folder_moves_with_what_z_depends_on_and_only_that(tc, tiny_model, t
         tc.prepare(tmp_path, "rome", _module(templates), tiny_model, tok, _HP(), _requests())
 
 
+def test_alphaedit_reads_memits_vectors_for_the_same_z_settings(tc, tiny_model, tmp_path):
+    """AlphaEdit's compute_z is MEMIT's (``Z_AS``): with the same z settings both name the
+    same folder; AlphaEdit's own settings (null space, L2) do not move it, its v_* do."""
+    tok = types.SimpleNamespace(padding_side="right")
+    mod = _module([["{}"], ["The sky. {}"]])
+
+    def folder(method, hp):
+        return tc.prepare(tmp_path, method, mod, tiny_model, tok, hp,
+                          _requests())[0].rsplit("/", 1)[0]
+
+    memit = folder("memit", _HP())
+    assert folder("alphaedit", _AlphaHP()) == memit
+    assert folder("alphaedit", _AlphaHP(nullspace_threshold=1e-2, L2=10.0)) == memit
+    assert folder("alphaedit", _AlphaHP(v_lr=0.1)) != memit
+
+
 def test_case_ids_name_the_whole_request_and_hits_are_counted(tc, tiny_model, tmp_path):
     tok = types.SimpleNamespace(padding_side="right")
     mod = _module([["{}"]])
@@ -102,6 +127,16 @@ def test_a_cached_row_breaks_ties_at_the_speed_of_the_row_that_paid(tmp_path):
     assert tune.choose(rows) is slower  # all tied; the cached row is not the fast one it looks
     cached["locality"] = 0.9  # a clear win needs no tie-break
     assert tune.choose(rows) is cached
+    # a row that read another method's vectors (AlphaEdit: MEMIT's) and has no payer among its
+    # own rows counts as slow as the slowest of its rows that computed theirs
+    alpha = [{"method": "alphaedit@yaml", "seconds_per_edit": 52.0},
+             {"method": "alphaedit@L2=10", "seconds_per_edit": 3.0, "targets_from_cache": 100,
+              "overrides": {"L2": 10}},
+             {"method": "alphaedit@v_lr=0.5", "seconds_per_edit": 4.0,
+              "targets_from_cache": 100, "overrides": {"v_lr": 0.5}},
+             {"method": "alphaedit@v_lr=0.1", "seconds_per_edit": 47.0,
+              "overrides": {"v_lr": 0.1}}]
+    assert [tune.speed(r, alpha) for r in alpha] == [52.0, 52.0, 52.0, 47.0]
 
 
 @needs_easyedit
@@ -143,3 +178,31 @@ def test_the_first_call_of_a_longer_row_reads_the_shorter_rows_vectors(tmp_path,
     (long,) = run.main(args + ["--n", "8", "--out", str(tmp_path / "b.jsonl")])
     assert short["targets_from_cache"] == 0
     assert long["targets_from_cache"] == 4 and long["easyedit_calls"] == 2
+
+
+@needs_easyedit
+def test_memit_and_alphaedit_compute_the_same_vectors_bit_for_bit(tmp_path, monkeypatch):
+    """The premise of ``target_cache.Z_AS``: EasyEdit's AlphaEdit computes, with MEMIT's z
+    settings, the very vectors MEMIT computes (each in a cache of its own here), and an
+    AlphaEdit row then reads all of MEMIT's."""
+    run = _load("run")
+    args = ["--model", "tiny", "--datasets", "zsre", "--n", "4", "--threads", "1",
+            "--python", sys.executable, "--no-capability", "--reuse-targets"]
+    as_memit = ["--set", "clamp_norm_factor=4", "v_lr=0.5", "v_weight_decay=0.001"]
+    folders = {}
+    for method, sets in (("memit", []), ("alphaedit", as_memit)):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / method))
+        (row,) = run.main(args + ["--methods", method, "--out", str(tmp_path / f"{method}.jsonl")]
+                          + sets)
+        assert row["targets_from_cache"] == 0
+        (folders[method],) = (tmp_path / method).glob("locft_easyedit/easyedit_targets/*")
+    assert folders["memit"].name == folders["alphaedit"].name  # one key
+    files = sorted(p.name for p in folders["memit"].iterdir())
+    assert len(files) == 4 and files == sorted(p.name for p in folders["alphaedit"].iterdir())
+    for name in files:
+        assert np.array_equal(np.load(folders["memit"] / name)["v_star"],
+                              np.load(folders["alphaedit"] / name)["v_star"]), name
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "memit"))
+    (read,) = run.main(args + ["--methods", "alphaedit", "--out", str(tmp_path / "read.jsonl")]
+                       + as_memit)
+    assert read["targets_from_cache"] == 4

@@ -252,6 +252,20 @@ def test_apply_writes_the_choice_into_a_copy_of_the_yaml(tune, tmp_path):
             sum(1 for x in note if x not in shipped.read_text().splitlines())
         assert tune.apply_choice(method, path, copy) == \
             f"{method}: {copy.name} already holds the chosen `{tune.label(method, best)}`"
+    # UltraEdit's YAML holds lr 3e-5, its chosen row says --set lr=3e-05 (a string to YAML):
+    # both are what EasyEdit reads as 3e-05; nothing to write
+    rows = grid_rows("ultraedit", {"lr": 3e-5})
+    for r in rows:
+        r["overrides"] = {k: json.dumps(v) for k, v in r["overrides"].items()}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shipped = REPO / "benchmarks" / "easyedit_hparams" / "ultraedit_smollm2-135m.yaml"
+    copy = tmp_path / shipped.name
+    copy.write_text(shipped.read_text())
+    assert tune.apply_choice("ultraedit", path, copy).endswith("already holds the chosen "
+                                                                "`ultraedit@lr=3e-05`")
+    assert copy.read_text() == shipped.read_text()
+    assert tune.yaml_value(3e-5) == "3.0e-05" and yaml.safe_load("x: 3.0e-05")["x"] == 3e-5
+    assert tune.yaml_value(0.5) == "0.5" and tune.yaml_value([10.0, 1.0]) == "[10.0, 1.0]"
     path.write_text(json.dumps(grid_rows("memit", {})[0]) + "\n")
     with pytest.raises(SystemExit, match="memit: the grid has 11 rows to run"):
         tune.apply_choice("memit", path, copy)
