@@ -23,6 +23,8 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:  # tune_baselines, loaded from a file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import SPEED_NOISE  # noqa: E402
+
 METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit", "ultraedit",
                 "wise")
 QUALITY = [("reliability", "rel (tok)"), ("reliability_em", "rel (EM)"),
@@ -214,9 +216,6 @@ def _beaten(rows) -> list:
 
 
 WITHIN = "within the intervals: not a loss"
-# two runs of the very same work differ by this much in seconds on this shared machine
-# (AlphaEdit's dev rows computing the same target vectors: 47.8 vs 52.3 s/edit)
-SPEED_NOISE = 0.10
 WITHIN_NOISE = f"within {SPEED_NOISE:.0%} of its time: the machine's load, not a loss"
 
 

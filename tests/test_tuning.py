@@ -31,6 +31,20 @@ def test_the_deadline_is_the_nearest_hh_mm(tune):
     assert tune.deadline("23:50", at(4, 0, 10)) == at(3, 23, 50)
 
 
+def test_speeds_within_the_machines_noise_tie_and_the_fewest_moved_settings_win(tune):
+    """AlphaEdit's grid of 2026-12-03 evening: clamp_norm_factor 4 / v_weight_decay 1e-3
+    scored the YAML's exactly, in 47.7 vs 52.3 s/edit of the same amount of work (within
+    SPEED_NOISE, 10%): the YAML wins; a row faster by more than that still wins."""
+    yaml = _row("alphaedit@yaml", {}, 0.347, 0.303, 0.879, 52.25)
+    clamp = _row("alphaedit@clamp_norm_factor=4,v_weight_decay=0.001",
+                 {"clamp_norm_factor": 4, "v_weight_decay": 0.001}, 0.347, 0.303, 0.879, 47.68)
+    assert tune.choose([yaml, clamp]) is yaml
+    quick = dict(clamp, seconds_per_edit=45.0)  # 14% faster
+    assert tune.choose([yaml, quick]) is quick
+    other = _row("alphaedit@L2=10", {"L2": 10}, 0.347, 0.303, 0.879, 50.0)
+    assert tune.choose([clamp, other]) is other  # one setting moved, not two
+
+
 def test_labels_name_the_knobs(tune):
     assert tune.label("memit", {}) == "memit@yaml"
     assert tune.label("memit", {"v_lr": 0.1, "layers": [2, 3]}) == "memit@layers=[2,3],v_lr=0.1"
