@@ -317,12 +317,14 @@ def state_folder(out: Path, method: str, dataset: str, n: int, model: str, diges
 
 
 def lock_path(folder: Path) -> Path:
-    return folder.with_name(folder.name + ".lock")
+    """The lock file of the row whose state is kept in ``folder``: ``tmp/locks/<name>.lock``
+    beside ``tmp/resume`` (which holds the states only)."""
+    return folder.parent.parent / "locks" / (folder.name + ".lock")
 
 
 @contextlib.contextmanager
 def claim(folder: Path):
-    """Yield whether this process holds the row's lock (``<state folder>.lock``, ``flock``):
+    """Yield whether this process holds the row's lock (:func:`lock_path`, ``flock``):
     a second process given the same row (the other core's queue, a command run twice) skips
     it instead of editing it twice from the same saved state. The lock goes with the
     process, so a killed run leaves none behind."""
