@@ -407,6 +407,8 @@ def main(argv=None) -> str:
         for overrides in GRIDS[method]:
             max_minutes = args.max_minutes
             rows = load_rows(Path(args.out)).get(method, [])
+            if label(method, overrides) in {r["method"] for r in rows}:
+                continue  # done (run.py would skip it, after ~25 s of importing EasyEdit)
             payer = unfinished_payer(method, overrides, rows)
             if payer is not None:
                 logger.info("not yet %s: it reads what %s computes, which has not finished "
