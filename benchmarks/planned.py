@@ -168,7 +168,7 @@ def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
 def waits_for_tuning(method: str, dev_rows) -> str | None:
     """Why a tuned baseline's planned rows must wait, or None: its dev grid
     (``tune_baselines.GRIDS``) still has rows to run, or its YAML does not hold the setting
-    the rule chose yet (written in by hand, with the dev scores in its comments). LocFT's
+    the rule chose yet (``tune_baselines.py --apply``). LocFT's
     rows wait for nothing."""
     import tune_baselines as tune
     from baselines import easyedit_yaml
@@ -176,15 +176,10 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     base = LABELS.get(method, (method, []))[0]
     if base not in tune.GRIDS:
         return None
-    rows = tune.by_method(dev_rows).get(base, [])
-    done = {r["method"] for r in rows}
-    left = [o for o in tune.GRIDS[base] if tune.label(base, o) not in done]
+    left, chosen, moved = tune.choice_state(base, tune.by_method(dev_rows).get(base, []),
+                                            easyedit_yaml(base))
     if left:
         return f"its tuning grid has {len(left)} of {len(tune.GRIDS[base])} rows to run"
-    chosen = tune.choose(rows)
-    cfg = tune.yaml_settings(easyedit_yaml(base))
-    moved = {k: v for k, v in (chosen.get("overrides") or {}).items()
-             if cfg.get(k) != tune.as_read(v)}
     if moved:
         return (f"its YAML does not hold the chosen `{chosen['method']}` yet "
                 f"({', '.join(f'{k}={v}' for k, v in moved.items())})")

@@ -281,6 +281,21 @@ def yaml_value(v) -> str:
     return text
 
 
+def choice_state(method: str, rows: list, yaml_path) -> tuple:
+    """``(grid rows still to run, the chosen row, the chosen settings the YAML at yaml_path
+    does not hold yet)`` for ``method``'s dev ``rows``; the last two are None and {} while
+    rows are left. Settings compare as EasyEdit reads them (:func:`as_read`)."""
+    done = {r["method"] for r in rows}
+    left = [label(method, o) for o in GRIDS[method] if label(method, o) not in done]
+    if left:
+        return left, None, {}
+    chosen = choose(rows)
+    cfg = yaml_settings(yaml_path)
+    moved = {k: as_read(v) for k, v in (chosen.get("overrides") or {}).items()
+             if cfg.get(k) != as_read(v)}
+    return left, chosen, moved
+
+
 def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> str:
     """Write the setting the rule chose for ``method`` into its YAML (``baselines.
     easyedit_yaml``): each moved key's line gets the chosen value (its trailing comment kept),
@@ -290,17 +305,13 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
     from baselines import easyedit_yaml
 
     rows = load_rows(path).get(method, [])
-    done = {r["method"] for r in rows}
-    left = [label(method, o) for o in GRIDS[method] if label(method, o) not in done]
+    target = Path(yaml_path or easyedit_yaml(method))
+    left, chosen, moved = choice_state(method, rows, target)
     if left:
         raise SystemExit(f"{method}: the grid has {len(left)} rows to run ({', '.join(left)}); "
                          "the rule chooses once every row has run")
-    chosen = choose(rows)
-    target = Path(yaml_path or easyedit_yaml(method))
     text = target.read_text()
     cfg = yaml_settings(target)
-    moved = {k: as_read(v) for k, v in (chosen.get("overrides") or {}).items()
-             if cfg.get(k) != as_read(v)}
     if not moved:
         return f"{method}: {target.name} already holds the chosen `{chosen['method']}`"
     lines = text.splitlines()
