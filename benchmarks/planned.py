@@ -154,14 +154,15 @@ def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
     any dataset (rows that read part of their work from another row's do not count), else the
     slowest of its dev rows that paid for their work (``tune_baselines``' rows, 100 ZsRE
     edits); None with nothing to go by."""
+    from tune_baselines import reused
+
     mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
-            and r.get("seconds_per_edit") and not r.get("targets_from_cache")]
+            and r.get("seconds_per_edit") and not reused(r)]
     here = [r for r in mine if r["dataset"] == dataset]
     base = LABELS.get(method, (method, []))[0]
     paid = [r["seconds_per_edit"] for r in dev_rows
             if (r.get("base_method") or r["method"].split("@", 1)[0]) == base
-            and r.get("seconds_per_edit") and not r.get("targets_from_cache")
-            and not r.get("memory_from_cache")]
+            and r.get("seconds_per_edit") and not reused(r)]
     return (here or mine)[-1]["seconds_per_edit"] if mine else max(paid) if paid else None
 
 
@@ -203,15 +204,15 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
         base = LABELS.get(method, (method, []))[0]
         if methods and base not in methods and method not in methods:
             continue
-        wait = waits_for_tuning(method, read_jsonl(tuning_path))
+        rows, dev_rows = read_jsonl(rows_path), read_jsonl(tuning_path)  # the other core's too
+        wait = waits_for_tuning(method, dev_rows)
         if wait:
             logger.info("not yet %s N=%d %s: %s", dataset, n, method, wait)
             continue
         max_minutes = MAX_MINUTES
         if end is not None:
             left = (end - time.time()) / 60
-            spe = seconds_per_edit(dataset, n, method, read_jsonl(rows_path),
-                                   read_jsonl(tuning_path)) or 0.0
+            spe = seconds_per_edit(dataset, n, method, rows, dev_rows) or 0.0
             runs = max(1, len(seeds))
             piece = (UNBROKEN_EDITS[base] * spe / 60 if base in UNBROKEN_EDITS
                      else runs * (n * spe / 60 + AFTER_MINUTES.get(n, 35)))

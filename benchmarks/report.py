@@ -24,6 +24,10 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # tune_baselines, load
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import SPEED_NOISE  # noqa: E402
+# whether part of a row's costly work was read from another row's identical run (MEMIT's /
+# AlphaEdit's target vectors, WISE's side memory): its seconds_per_edit leaves that work out,
+# so it is marked and not compared or plotted
+from tune_baselines import reused as read_elsewhere  # noqa: E402
 
 METHOD_ORDER = ("locft-bf", "locft-df", "ft-m", "rome", "memit", "alphaedit", "ultraedit",
                 "wise")
@@ -79,13 +83,6 @@ def load_rows(path) -> list:
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     return sorted(latest.values(), key=lambda r: (r["model"], r["dataset"], r["n"],
                                                   order.get(r["method"], 99)))
-
-
-def read_elsewhere(r: dict) -> bool:
-    """Whether part of the row's costly work was read from another row's identical run
-    (MEMIT's / AlphaEdit's target vectors, ``target_cache.py``; WISE's side memory): its
-    ``seconds_per_edit`` leaves that work out, so it is marked and not compared or plotted."""
-    return bool(r.get("targets_from_cache") or r.get("memory_from_cache"))
 
 
 READ_ELSEWHERE_NOTE = ("\\* part of the row's costly work was read from another row's "
