@@ -7,8 +7,9 @@ a baseline re-tuned after its row ran needs the row again), and, where seeds are
 such row per seed. ``report.py --md`` lists the rest under "Rows still to run", each with the
 command that makes it; ``python benchmarks/planned.py`` prints the same list.
 
-``--run`` runs them in this order (``--until HH:MM``: within a session; ``session.sh`` runs it
-on one core, before the tuning grids). A baseline's rows wait until its tuning grid has run and
+``--run`` runs them shortest first (``--until HH:MM``: within a session; ``--max-hours``: only
+the short ones; ``session.sh`` runs those on one core before the tuning grids, the rest after
+them). A baseline's rows wait until its tuning grid has run and
 its YAML holds the setting the rule chose (``waits_for_tuning``): an evaluation row made with
 settings still to be tuned would only be made again.
 """
@@ -35,7 +36,7 @@ PLANNED = (
                                  "alphaedit", "ultraedit", "wise")]
     + [("counterfact", 1000, m) for m in ("locft-bf", LOCALITY_LABEL, "locft-df", "ft-m",
                                           "ultraedit", "wise")]
-    + [("wikibigedit", 1000, m) for m in ("locft-bf", "ft-m", "ultraedit")]
+    + [("wikibigedit", 1000, m) for m in ("locft-bf", LOCALITY_LABEL, "ft-m", "ultraedit")]
     + [(d, 100, m) for d in ("zsre", "counterfact", "wikibigedit")
        for m in ("rome", "memit", "alphaedit")]
     # LocFT-BF beside them at N = 100 on the other two datasets (ZsRE's: its seeds below), so
@@ -154,14 +155,14 @@ def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
     any dataset (rows that read part of their work from another row's do not count), else the
     slowest of its dev rows that paid for their work (``tune_baselines``' rows, 100 ZsRE
     edits); None with nothing to go by."""
-    from tune_baselines import reused
+    from tune_baselines import base_of, reused
 
     mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
             and r.get("seconds_per_edit") and not reused(r)]
     here = [r for r in mine if r["dataset"] == dataset]
     base = LABELS.get(method, (method, []))[0]
     paid = [r["seconds_per_edit"] for r in dev_rows
-            if (r.get("base_method") or r["method"].split("@", 1)[0]) == base
+            if base_of(r) == base
             and r.get("seconds_per_edit") and not reused(r)]
     return (here or mine)[-1]["seconds_per_edit"] if mine else max(paid) if paid else None
 
@@ -187,20 +188,38 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     return None
 
 
+def shortest_first(todo, rows, dev_rows, max_hours=None) -> list:
+    """``_todo``'s rows, those expected to take the fewest hours of one core first
+    (:func:`hours_needed`; rows with nothing to go by last, in the plan's order). With
+    ``max_hours``, only the rows expected to take at most that long. Why this order: a
+    session's two cores make about 5 core-hours and the plan holds ~60; the short rows (N = 100,
+    LocFT's) fill RESULTS.md first instead of waiting sessions behind WISE's 1,000-edit rows
+    (~20 h each), and the total is the same (every long row can pause)."""
+    timed = [(hours_needed(d, n, m, rows, dev_rows, seeds), i, (d, n, m, why, seeds))
+             for i, (d, n, m, why, seeds) in enumerate(todo)]
+    if max_hours is not None:
+        timed = [t for t in timed if t[0] is not None and t[0] <= max_hours]
+    return [row for _, _, row in sorted(timed, key=lambda t: (t[0] is None, t[0] or 0, t[1]))]
+
+
 def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=None,
-              threads=1) -> list:
-    """Run the rows still to run, in the plan's order, that wait for no tuning: through
-    ``run.main`` (a paused row goes on from its state; one another process runs is skipped).
-    ``until`` (``HH:MM``, a session's end): a row starts only if its longest part that cannot
-    pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring) fits before it
-    with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Returns the rows made."""
+              threads=1, max_hours=None) -> list:
+    """Run the rows still to run that wait for no tuning, shortest first
+    (:func:`shortest_first`; ``max_hours``: only rows expected to take at most that long),
+    through ``run.main`` (a paused row goes on from its state; one another process runs is
+    skipped). ``until`` (``HH:MM``, a session's end): a row starts only if its longest part
+    that cannot pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring)
+    fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Returns
+    the rows made."""
     import run
     import tune_baselines as tune
     from common import read_jsonl
 
     end = tune.deadline(until, time.time()) if until else None
     made = []
-    for dataset, n, method, why, seeds in _todo(read_jsonl(rows_path)):
+    rows = read_jsonl(rows_path)
+    for dataset, n, method, why, seeds in shortest_first(_todo(rows), rows,
+                                                         read_jsonl(tuning_path), max_hours):
         base = LABELS.get(method, (method, []))[0]
         if methods and base not in methods and method not in methods:
             continue
@@ -231,20 +250,22 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
 
 
 def markdown(rows, dev_rows=()) -> str:
-    todo = still_to_run(rows)
+    todo = shortest_first(_todo(rows), rows, dev_rows)
     if not todo:
         return "- none: every planned row exists with the current settings"
-    hours = [hours_needed(d, n, m, rows, dev_rows, seeds) for d, n, m, _, seeds in _todo(rows)]
+    hours = [hours_needed(d, n, m, rows, dev_rows, seeds) for d, n, m, _, seeds in todo]
     waits = [waits_for_tuning(m, dev_rows) for _, _, m, _, _ in todo]
     known = [h for h in hours if h is not None]
-    return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows "
-                      f"(`{EASYEDIT_PYTHON}`: the EasyEdit venv's python, benchmarks/EASYEDIT.md; "
+    return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows, in the "
+                      "order `--run` takes them (shortest first; "
+                      f"`{EASYEDIT_PYTHON}`: the EasyEdit venv's python, benchmarks/EASYEDIT.md; "
                       "a row already there is skipped, a paused one goes on; hours: one "
                       "core's, estimated from the method's earlier rows, `hours_needed`):", ""]
                      + [f"- {d} N={n} {m}: {why}; "
                         + (f"~{h:.1f} h" if h is not None else "no row to estimate its time")
                         + (f"; waits: {w}" if w else "")
-                        + f". `{cmd}`" for (d, n, m, why, cmd), h, w in zip(todo, hours, waits)]
+                        + f". `{command(d, n, m, seeds)}`"
+                        for (d, n, m, why, seeds), h, w in zip(todo, hours, waits)]
                      + ["", f"About {sum(known):.0f} hours of one core in all"
                         + (f", besides {len(hours) - len(known)} rows with no estimate"
                            if len(known) < len(hours) else "") + "."])
@@ -258,7 +279,7 @@ def main(argv=None) -> str:
                     help="the dev rows, for the time of methods with no row here yet and "
                          "(--run) whether a baseline's tuning is done")
     ap.add_argument("--run", action="store_true",
-                    help="run the rows still to run, in this order, into JSONL; a baseline's "
+                    help="run the rows still to run, shortest first, into JSONL; a baseline's "
                          "rows wait until its tuning grid has run and its YAML holds the "
                          "chosen setting; a paused row goes on, one another process (the "
                          "other core) runs is skipped")
@@ -271,6 +292,10 @@ def main(argv=None) -> str:
                          "that cannot pause fits, with "
                          f"{MARGIN_MINUTES:.0f} min to spare, and pausable rows pause in time")
     ap.add_argument("--methods", nargs="+", help="--run: only these methods' rows")
+    ap.add_argument("--max-hours", type=float, metavar="H",
+                    help="--run: only the rows expected to take at most H hours of one core "
+                         "(session.sh runs these before the tuning grids, the longer ones "
+                         "after them)")
     ap.add_argument("--threads", type=int, default=1, help="--run: torch threads per row")
     args = ap.parse_args(argv)
     from common import read_jsonl
@@ -278,7 +303,8 @@ def main(argv=None) -> str:
     if args.run:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         run_ready(Path(args.jsonl).resolve(), Path(args.tuning).resolve(),
-                  args.easyedit_python, args.until, args.methods, args.threads)
+                  args.easyedit_python, args.until, args.methods, args.threads,
+                  args.max_hours)
 
     text = markdown(read_jsonl(args.jsonl), read_jsonl(args.tuning))
     print(text)

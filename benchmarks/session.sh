@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One core's share of the benchmark work still to do, until HH:MM (a session's end): the
-# planned rows that are ready (planned.py --run), then the baselines' tuning grids
-# (tune_baselines.py). Run one per core; they never take the same row (run.py locks a row
+# short planned rows that are ready (planned.py --run --max-hours 2), the baselines' tuning
+# grids (tune_baselines.py), then the long planned rows. Run one per core; they never take the same row (run.py locks a row
 # while a process runs it), a row that reads another's target vectors or side memory waits
 # for it, a row that cannot pause starts only where it fits, and pausable rows pause in time
 # with their state saved: the next session's same command goes on.
@@ -27,10 +27,17 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-# planned rows that wait for nothing first (LocFT's; a baseline's once its grid has run and
-# its YAML holds the choice): short, and what RESULTS.md shows; then the grids, WISE's first
-# (its two 1,000-edit rows are the longest of the plan, ~19.5 h of one core each)
+# Shortest work first, and a row that cannot pause while the session still has the time for
+# it: (1) the planned rows that are ready and take at most 2 h (LocFT's, the baselines' N = 100
+# rows once tuned), what RESULTS.md shows; (2) the grids, those whose rows are one call that
+# cannot pause (MEMIT, AlphaEdit: ~100 min each) before the pausable ones (ROME, WISE: they
+# fill what is left and pause in time); (3) the longer planned rows (MEMIT / AlphaEdit at
+# N = 1,000 ~8 h, WISE's ~20 h), shortest first, all pausable. The order only decides what is
+# done first: every long row pauses, so the total is the same.
+taskset -c "$core" python benchmarks/planned.py "$results/edit_quality.jsonl" --run \
+    --tuning "$results/tuning.jsonl" --until "$until" --easyedit-python "$easyedit" --threads 1 \
+    --max-hours 2
+taskset -c "$core" "$easyedit" benchmarks/tune_baselines.py --methods memit alphaedit ultraedit \
+    rome ft-m wise --threads 1 --python "$easyedit" --until "$until" --out "$results/tuning.jsonl"
 taskset -c "$core" python benchmarks/planned.py "$results/edit_quality.jsonl" --run \
     --tuning "$results/tuning.jsonl" --until "$until" --easyedit-python "$easyedit" --threads 1
-taskset -c "$core" "$easyedit" benchmarks/tune_baselines.py --methods wise memit alphaedit rome \
-    ft-m ultraedit --threads 1 --python "$easyedit" --until "$until" --out "$results/tuning.jsonl"

@@ -60,7 +60,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from common import SPEED_NOISE, read_jsonl  # noqa: E402
-from target_cache import METHODS as REUSE_TARGETS, Z_FREE, holds_any  # noqa: E402
+from target_cache import METHODS as REUSE_TARGETS, Z_AS, Z_FREE, holds_any  # noqa: E402
 from target_cache import root as target_cache_root  # noqa: E402
 from wise_cache import INFERENCE_ONLY  # noqa: E402
 
@@ -129,6 +129,11 @@ def reused(row: dict) -> bool:
     return bool(row.get("targets_from_cache") or row.get("memory_from_cache"))
 
 
+def base_of(row: dict) -> str:
+    """The EasyEdit method a row ran (``memit`` of ``memit@v_lr=0.1``)."""
+    return row.get("base_method") or row["method"].split("@", 1)[0]
+
+
 def paid_part(method: str, overrides) -> dict:
     """The settings of ``overrides`` that the costly part of ``method`` depends on (all but
     ``FREE[method]``): rows equal in them share target vectors / a side memory."""
@@ -142,7 +147,7 @@ def speed(row: dict, rows: list) -> float:
     target vectors / side memory) count as fast as the slowest row that computed it, whether
     they computed it themselves or read it from the cache (two rows computing the same
     vectors differ in seconds only by the machine's load)."""
-    method = row.get("base_method") or row["method"].split("@", 1)[0]
+    method = base_of(row)
     mine = paid_part(method, row.get("overrides"))
     payers = [r["seconds_per_edit"] for r in rows
               if not reused(r) and paid_part(method, r.get("overrides")) == mine]
@@ -152,8 +157,33 @@ def speed(row: dict, rows: list) -> float:
     return max([row["seconds_per_edit"], *payers])
 
 
+def z_settings(method: str, overrides) -> dict | None:
+    """What MEMIT's ``compute_z`` reads of ``method@overrides`` (its YAML with ``overrides``,
+    as EasyEdit reads them, but ``Z_FREE`` and the method's name), or None for a method
+    without target vectors. A MEMIT row and an AlphaEdit row equal in it compute the same
+    vectors (``target_cache.Z_AS``), so one reads the other's: AlphaEdit's ``clamp_norm_factor
+    4, v_lr 0.5, v_weight_decay 1e-3`` row is MEMIT's YAML. From the YAMLs, not the
+    dataclasses ``target_cache`` keys on: an estimate, for :func:`minutes_needed`."""
+    if method not in Z_AS:
+        return None
+    from baselines import easyedit_yaml
+
+    cfg = {**yaml_settings(easyedit_yaml(method)),
+           **{k: as_read(v) for k, v in (overrides or {}).items()}}
+    return {k: v for k, v in cfg.items() if k not in Z_FREE and k != "alg_name"}
+
+
+def computed_elsewhere(method: str, overrides: dict, others: list) -> bool:
+    """Whether a dev row of another method in ``others`` computed (not read) the target
+    vectors ``method@overrides`` would compute (:func:`z_settings`)."""
+    mine = z_settings(method, overrides)
+    return mine is not None and any(
+        not reused(r) and base_of(r) != method
+        and z_settings(base_of(r), r.get("overrides")) == mine for r in others)
+
+
 def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cached=True,
-                   before=()):
+                   before=(), others=()):
     """Expected minutes of the dev row ``method@overrides``, from ``rows`` (the method's
     finished dev rows): the longest editing of those it will be like (rows that read an
     earlier row's target vectors / side memory if one paid for what it moves, else rows that
@@ -163,13 +193,18 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cache
     earlier row's vectors or memory: minutes where the paying row took hours). ``cached``
     False (the method's cache folder is empty: a new machine) makes every row pay.
     ``before``: the settings of grid rows still to run before this one (for the report: a
-    row whose payer is among them will read what it computes)."""
+    row whose payer is among them will read what it computes). ``others``: the other methods'
+    dev rows, for vectors one of them computed (:func:`computed_elsewhere`), and for the time
+    of a row that reads vectors when the method has no such row yet."""
     mine = paid_part(method, overrides)
     will_reuse = cached and method in FREE and (
         any(not reused(r) and paid_part(method, r.get("overrides")) == mine for r in rows)
-        or any(paid_part(method, o) == mine for o in before))
+        or any(paid_part(method, o) == mine for o in before)
+        or computed_elsewhere(method, overrides, others))
     like = ([r["seconds"] for r in rows if reused(r) == will_reuse and "seconds" in r]
-            or ([r["seconds"] for r in elsewhere if "seconds" in r] if not will_reuse else []))
+            or ([r["seconds"] for r in elsewhere if "seconds" in r] if not will_reuse else
+                [r["seconds"] for r in others if reused(r) and "seconds" in r
+                 and method in Z_AS and base_of(r) in Z_AS]))
     return max(like) / 60 + MARGIN_MINUTES if like else None
 
 
@@ -353,7 +388,9 @@ def still_to_run(path: Path) -> list:
         for overrides in grid:
             if label(method, overrides) in labels:
                 continue
-            minutes = minutes_needed(method, overrides, rows, elsewhere, before=before)
+            minutes = minutes_needed(method, overrides, rows, elsewhere, before=before,
+                                     others=[r for m, rs in done.items() if m != method
+                                             for r in rs])
             before.append(overrides)
             todo.append(f"`{label(method, overrides)}` "
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
@@ -417,7 +454,9 @@ def main(argv=None) -> str:
     for method in args.methods:
         for overrides in GRIDS[method]:
             max_minutes = args.max_minutes
-            rows = load_rows(Path(args.out)).get(method, [])
+            every = load_rows(Path(args.out))
+            rows = every.get(method, [])
+            others = [r for m, rs in every.items() if m != method for r in rs]
             if label(method, overrides) in {r["method"] for r in rows}:
                 continue  # done (run.py would skip it, after ~25 s of importing EasyEdit)
             payer = unfinished_payer(method, overrides, rows)
@@ -432,7 +471,7 @@ def main(argv=None) -> str:
                 need = ((method in ONE_CALL and minutes_needed(
                     method, overrides, rows,
                     evaluation_rows(Path(args.out).with_name("edit_quality.jsonl"), method),
-                    cached=holds_any(target_cache_root())))
+                    cached=holds_any(target_cache_root()), others=others))
                         or MARGIN_MINUTES + 1)
                 if need >= left:
                     logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",

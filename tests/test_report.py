@@ -193,6 +193,36 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
     assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text
 
 
+def test_rows_still_to_run_go_shortest_first_and_max_hours_keeps_the_short_ones():
+    """planned.py --run (and its list) takes the rows expected to be shortest first, those with
+    nothing to go by last; --max-hours keeps only the rows known to fit in it (session.sh runs
+    those before the tuning grids, the longer ones after)."""
+    planned = _load("planned")
+    m = planned.MODEL
+    rows = [{"method": "memit", "dataset": "zsre", "n": 100, "model": m, "seconds_per_edit": 36.0},
+            {"method": "locft-bf", "dataset": "zsre", "n": 1000, "model": m,
+             "seconds_per_edit": 1.8},
+            {"method": "wise", "dataset": "zsre", "n": 100, "model": m, "seconds_per_edit": 70.0}]
+    todo = planned._todo(rows)
+    order = planned.shortest_first(todo, rows, [])
+    hours = [planned.hours_needed(d, n, k, rows, [], seeds) for d, n, k, _, seeds in order]
+    assert sorted(order) == sorted(todo)
+    known = [h for h in hours if h is not None]
+    assert known == sorted(known) and hours[:len(known)] == known  # None last
+    assert order[0][:3] == ("counterfact", 100, "locft-bf")  # 1.8 s x 100 + 5 min
+    # no row of the method anywhere (ROME, FT-M, ...): nothing to go by, last, in plan order
+    unknown = [r for r in todo if planned.hours_needed(*r[:3], rows, [], r[4]) is None]
+    assert order[len(known):] == unknown and ("zsre", 100, "rome") in [r[:3] for r in unknown]
+    assert [r[:3] for r in order if r[2] == "wise"] == [("zsre", 1000, "wise"),
+                                                         ("counterfact", 1000, "wise")]
+    short = planned.shortest_first(todo, rows, [], max_hours=2)
+    assert short == [r for r, h in zip(order, hours) if h is not None and h <= 2]
+    assert ("zsre", 100, "memit") in [r[:3] for r in short]  # 1 h + 5 min
+    assert ("zsre", 1000, "memit") not in [r[:3] for r in short]  # 10 h
+    text = planned.markdown(rows)
+    assert text.splitlines()[2].startswith("- counterfact N=100 locft-bf: no row yet; ~0.1 h. ")
+
+
 def test_read_jsonl_skips_blank_lines_and_a_missing_file_is_empty(tmp_path):
     common = _load("common")
     path = tmp_path / "rows.jsonl"

@@ -128,11 +128,43 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     (tmp_path / "cache" / "locft_easyedit" / "easyedit_targets" / "0123").mkdir(parents=True)
     tune.main(argv)
     labels = [a[a.index("--label") + 1] for a in calls]
-    # 50000 fits (30 min); v_lr (82) does not; nor does any AlphaEdit row (55 min each: with
-    # no YAML row yet none reads vectors, and its evaluation row of 100 edits took 40)
-    assert labels == ["memit@mom2_update_weight=50000"] + trains
-    wise_minutes = [float(a[a.index("--max-minutes") + 1]) for a in calls[1:]]
+    # 50000 fits (30 min); v_lr (82) does not; nor does any AlphaEdit row that computes its
+    # vectors (55 min each: its evaluation row of 100 edits took 40), but the one with MEMIT's
+    # YAML z settings reads memit@yaml's vectors: like a MEMIT row that read them (30 min)
+    memits = tune.label("alphaedit", {"clamp_norm_factor": 4, "v_lr": 0.5,
+                                      "v_weight_decay": 1e-3})
+    assert labels == ["memit@mom2_update_weight=50000", memits] + trains
+    wise_minutes = [float(a[a.index("--max-minutes") + 1]) for a in calls[2:]]
     assert all(28 < m <= 30 for m in wise_minutes)
+
+
+def test_an_alphaedit_row_with_memits_z_settings_is_timed_as_one_reading_its_vectors(tune):
+    """AlphaEdit's compute_z is MEMIT's (target_cache.Z_AS): its row with the z settings of
+    MEMIT's YAML reads the MEMIT YAML row's vectors, so --until times it like the rows that
+    read vectors (its own, else MEMIT's), not like one that computes them."""
+    memit, alpha = tune.z_settings("memit", {}), tune.z_settings("alphaedit", {})
+    same = {k: v for k, v in memit.items() if alpha.get(k) != v}
+    assert same and memit != alpha and tune.z_settings("alphaedit", same) == memit
+    assert tune.z_settings("wise", {}) is None
+    memit_yaml = dict(_row("memit@yaml", {}, 0.6, 0.4, 0.8, 40.0), seconds=4000.0)
+    memit_read = dict(_row("memit@L=1", {"mom2_update_weight": 1}, 0.6, 0.4, 0.8, 9.0),
+                      seconds=1500.0, targets_from_cache=100)
+    alpha_yaml = dict(_row("alphaedit@yaml", {}, 0.3, 0.3, 0.9, 50.0), seconds=5000.0)
+    alpha_read = dict(_row("alphaedit@L2=10", {"L2": 10}, 0.3, 0.3, 0.9, 8.0), seconds=900.0,
+                      targets_from_cache=100)
+    assert tune.minutes_needed("alphaedit", same, [alpha_yaml]) == 5000 / 60 + 15
+    assert tune.minutes_needed("alphaedit", same, [alpha_yaml, alpha_read],
+                               others=[memit_yaml, memit_read]) == 900 / 60 + 15
+    # no AlphaEdit row read vectors yet: as long as MEMIT's that did
+    assert tune.minutes_needed("alphaedit", same, [alpha_yaml],
+                               others=[memit_yaml, memit_read]) == 1500 / 60 + 15
+    # a MEMIT row that read its vectors computed nothing; other z settings share nothing
+    assert tune.minutes_needed("alphaedit", same, [alpha_yaml],
+                               others=[dict(memit_yaml, targets_from_cache=100)]) == 5000 / 60 + 15
+    assert tune.minutes_needed("alphaedit", {"v_lr": 0.7}, [alpha_yaml],
+                               others=[memit_yaml]) == 5000 / 60 + 15
+    assert tune.minutes_needed("alphaedit", same, [alpha_yaml], others=[memit_yaml],
+                               cached=False) == 5000 / 60 + 15  # a new machine
 
 
 def test_a_row_reading_an_unfinished_rows_work_waits_for_it(tune):
