@@ -85,6 +85,17 @@ def load_rows(path) -> list:
                                                   order.get(r["method"], 99)))
 
 
+def mark_stale(rows: list) -> list:
+    """``rows`` with ``stale`` set on each: made with a YAML that has changed since
+    (``planned.is_stale``; ``planned.py`` lists its re-run); the tables say "(old settings)",
+    the plots draw it hollow."""
+    import planned
+
+    for r in rows:
+        r["stale"] = planned.is_stale(r)
+    return rows
+
+
 READ_ELSEWHERE_NOTE = ("\\* part of the row's costly work was read from another row's "
                        "identical computation: MEMIT's / AlphaEdit's target vectors "
                        "(`--reuse-targets`, `target_cache.py`; the ZsRE N = 100 row and the "
@@ -252,8 +263,15 @@ def losses(rows) -> str:
     return "\n\n".join(parts)
 
 
+OLD_SETTINGS = "hollow: old settings"  # a row made with a YAML since re-tuned (``stale``)
+
+
 def plots(rows, out_dir) -> list:
+    """The four PNGs of the module's docstring; a row made with settings its YAML no longer
+    holds (``stale``, set by :func:`mark_stale`) is a hollow mark, not joined to the line of
+    the method's current rows (the table calls it "(old settings)")."""
     import matplotlib
+    import matplotlib.lines
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -265,14 +283,16 @@ def plots(rows, out_dir) -> list:
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)] + sorted(
         {r["method"] for r in rows} - set(METHOD_ORDER))
     colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    hollow = set()  # the methods drawn hollow in the figure being made (its legend says so)
     metrics = [("reliability", "reliability (token acc)"),
                ("reliability_em", "reliability (generation EM)"),
                ("generalization", "generalization (token acc)"),
                ("generalization_em", "generalization (generation EM)")]
 
-    def series(ds, m, key):
+    def series(ds, m, key, stale=False):
         pts = sorted((r["n"], r[key]) for r in rows
                      if r["dataset"] == ds and r["method"] == m and r.get(key) is not None
+                     and bool(r.get("stale")) == stale
                      and not (key == "seconds_per_edit" and read_elsewhere(r)))
         return [p[0] for p in pts], [p[1] for p in pts]
 
@@ -281,6 +301,11 @@ def plots(rows, out_dir) -> list:
             x, y = series(ds, m, key)
             if x:
                 ax.plot(x, y, marker="o", label=m, color=colour[m])
+            x, y = series(ds, m, key, stale=True)  # not joined to the rows of today's settings
+            if x:
+                ax.plot(x, y, ls="none", marker="o", mfc="none", color=colour[m],
+                        label="_old")  # "_": no legend entry of its own (see save)
+                hollow.add(m)
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
@@ -295,6 +320,14 @@ def plots(rows, out_dir) -> list:
         for ax in fig.axes:
             for h, lab in zip(*ax.get_legend_handles_labels()):
                 labels.setdefault(lab, h)
+        for m in methods:  # a method with hollow marks only still names its colour
+            if m in hollow and m not in labels:
+                labels[m] = matplotlib.lines.Line2D([], [], ls="none", marker="o",
+                                                    color=colour[m])
+        if hollow:  # one grey hollow mark says it for every colour, last
+            labels[OLD_SETTINGS] = matplotlib.lines.Line2D([], [], ls="none", marker="o",
+                                                           mfc="none", color="grey")
+            hollow.clear()
         fig.legend(list(labels.values()), list(labels), loc="upper center",
                    ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout(rect=(0, 0, 1, 0.93))
@@ -343,8 +376,11 @@ def plots(rows, out_dir) -> list:
                     lo, hi = r["reliability_ci95"]
                     yerr = [[r["reliability"] - lo], [hi - r["reliability"]]]
                 ax.errorbar(r["locality"], r["reliability"], xerr=xerr, yerr=yerr, fmt="o",
-                            color=colour[m],
-                            label=m, capsize=2)
+                            color=colour[m], capsize=2,
+                            **({"mfc": "none", "label": "_old"} if r.get("stale")
+                               else {"label": m}))
+                if r.get("stale"):
+                    hollow.add(m)
                 ax.annotate(f"N={r['n']}", (r["locality"], r["reliability"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         ax.set_xlim(-0.02, 1.02)
@@ -443,7 +479,7 @@ def main(argv=None) -> str:
     ap.add_argument("--answers", action="store_true",
                     help="also print each row's sample of greedy answers")
     args = ap.parse_args(argv)
-    rows = load_rows(args.jsonl)
+    rows = mark_stale(load_rows(args.jsonl))
     with_probs = [r for r in rows if r.get("efficacy_score_after") is not None]
     text = "\n\n".join([table(rows, QUALITY), table(rows, COST)]
                        + ([table(with_probs, PROBS)] if with_probs else [])
@@ -459,8 +495,6 @@ def main(argv=None) -> str:
 
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
         every = read_jsonl(args.jsonl)
-        for r in rows:  # made with a YAML that has changed since (planned.py lists its re-run)
-            r["stale"] = planned.is_stale(r)
         write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
                                                planned.markdown(every, read_jsonl(args.tuning))))
         print(f"wrote {args.md}")

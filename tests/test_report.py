@@ -223,6 +223,45 @@ def test_rows_still_to_run_go_shortest_first_and_max_hours_keeps_the_short_ones(
     assert text.splitlines()[2].startswith("- counterfact N=100 locft-bf: no row yet; ~0.1 h. ")
 
 
+def test_plots_draw_a_row_of_old_settings_hollow_and_apart(tmp_path, monkeypatch):
+    """A row made with settings its YAML no longer holds (UltraEdit's N = 100 before its lr
+    was tuned) is a hollow mark in the plots, not joined to the line of the method's rows of
+    today's settings; one legend entry says what hollow means."""
+    from pathlib import Path
+
+    import matplotlib.figure
+
+    report = _load("report")
+    drawn, save = {}, matplotlib.figure.Figure.savefig
+
+    def record(fig, path, **kw):
+        drawn[Path(path).name] = (
+            [[(ln.get_label(), list(ln.get_xdata()), ln.get_markerfacecolor())
+              for ln in ax.lines] for ax in fig.axes],
+            [t.get_text() for lg in fig.legends for t in lg.get_texts()])
+        return save(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    rows = [{"method": m, "dataset": "zsre", "n": n, "reliability": 0.5, "locality": loc,
+             "seconds_per_edit": 1.0, "stale": stale}
+            for m, n, loc, stale in (("locft-bf", 100, 0.7, False), ("locft-bf", 1000, 0.5, False),
+                                     ("ultraedit", 100, 0.6, True),
+                                     ("ultraedit", 1000, 0.2, False))]
+    report.plots(rows, tmp_path)
+    lines, legend = drawn["retention_vs_n.png"]
+    locality = lines[0]  # the first panel: locality against N
+    assert ("locft-bf", [100, 1000], "C0") in locality
+    assert ("ultraedit", [1000], "C1") in locality  # today's settings: its own line
+    assert ("_old", [100], "none") in locality  # hollow, alone
+    assert legend == ["locft-bf", "ultraedit", report.OLD_SETTINGS]
+    assert drawn["pareto_reliability_locality.png"][1][-1] == report.OLD_SETTINGS
+    drawn.clear()  # a method with old-settings rows only still has its colour in the legend
+    report.plots([r for r in rows if r["n"] == 100], tmp_path)
+    assert drawn["retention_vs_n.png"][1] == ["locft-bf", "ultraedit", report.OLD_SETTINGS]
+    assert drawn["seconds_per_edit_vs_n.png"][1] == ["locft-bf", "ultraedit",
+                                                     report.OLD_SETTINGS]
+
+
 def test_read_jsonl_skips_blank_lines_and_a_missing_file_is_empty(tmp_path):
     common = _load("common")
     path = tmp_path / "rows.jsonl"
