@@ -438,7 +438,10 @@ def markdown(rows, source: str, plot_dir=None, tuning=None, todo=None) -> str:
         parts += ["", "## Rows still to run", "", todo]
     if plot_dir:
         rel = Path(plot_dir)
-        parts += ["", "## Plots", ""] + [f"![{n}]({rel.name}/{n})" for n in (
+        hollow = ["A hollow mark is a row of old settings (its YAML re-tuned since; the "
+                  "tables say \"(old settings)\"), not joined to the line of its method's "
+                  "current rows.", ""] if any(r.get("stale") for r in rows) else []
+        parts += ["", "## Plots", ""] + hollow + [f"![{n}]({rel.name}/{n})" for n in (
             "reliability_vs_n.png", "retention_vs_n.png", "seconds_per_edit_vs_n.png",
             "pareto_reliability_locality.png")]
     parts += ["", "## Rows", "", provenance(rows), ""]
