@@ -240,6 +240,43 @@ def test_the_session_script_refuses_bad_arguments_and_a_python_without_easyedit(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["python"]  # no row, no file
 
 
+def test_the_session_script_runs_short_rows_then_the_grids_then_the_long_rows(tune, tmp_path):
+    """benchmarks/session.sh, shortest work first: the planned rows of at most 2 h, the grids
+    (MEMIT's and AlphaEdit's rows, which cannot pause, before ROME's and WISE's, which fill
+    what is left), then the longer planned rows; each pinned to the core and timed by --until."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("taskset") is None:
+        pytest.skip("no taskset here")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "session.sh"
+    log = tmp_path / "calls"
+    for name in ("python", "easyedit"):  # record each call instead of running it
+        fake = tmp_path / name
+        fake.write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n')
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    out = subprocess.run(["bash", str(script), "0", "21:20", str(tmp_path / "easyedit"),
+                          str(tmp_path)], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    calls = [c.split() for c in log.read_text().splitlines()]
+    assert calls[0][0] == "easyedit" and calls[0][1] == "-c"  # can it import easyeditor?
+    short, grids, long = calls[1:]
+    assert short[:2] == ["python", "benchmarks/planned.py"] and "--run" in short
+    assert short[short.index("--max-hours") + 1] == "2"
+    assert grids[:2] == ["easyedit", "benchmarks/tune_baselines.py"]
+    methods = grids[grids.index("--methods") + 1:grids.index("--threads")]
+    assert sorted(methods) == sorted(tune.GRIDS) and \
+        max(methods.index("memit"), methods.index("alphaedit")) < \
+        min(methods.index("rome"), methods.index("wise"))
+    assert long[:2] == ["python", "benchmarks/planned.py"] and "--max-hours" not in long
+    for call in (short, grids, long):
+        assert call[call.index("--until") + 1] == "21:20"
+        assert call[call.index("--threads") + 1] == "1"
+
+
 def test_rows_computing_the_same_vectors_tie_at_one_speed_and_the_yaml_wins(tune):
     """AlphaEdit's grid of 2026-12-03: the YAML row and mom2_n_samples 200000 computed the
     same target vectors (47.8 vs 52.3 s/edit: the machine's load, not the setting); they and
