@@ -210,6 +210,11 @@ def run_one(args) -> dict:
     done = {}
 
     def edit(m):
+        # the method's random draws (EasyEdit's sampled context templates: ROME, MEMIT,
+        # AlphaEdit, WISE) start from the seed whatever ran before in this process: loading,
+        # scoring, and lm-eval's baseline pass only when this row is the first to compute it
+        # (a row's templates, and so its edits, depended on that)
+        torch.manual_seed(args.seed or 0)
         done["hp_desc"], done["extra"] = apply_edits(method, m, tok, requests, args.model,
                                                      model_dir, args)
         return m.eval()

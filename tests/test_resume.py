@@ -92,13 +92,14 @@ needs_easyedit = pytest.mark.skipif(
 
 @needs_easyedit
 @pytest.mark.parametrize("method,sets", [
-    ("ft-m", []), ("wise", []),
+    ("ft-m", []), ("rome", []), ("wise", []),
     # WISE's 1,000-edit rows pause past its save_freq 500: here every 4 edits a side memory
     # is saved and every 8 merged, so the pause after 10 falls between shards (2 kept, one
     # merge done) and the resumed run must go on from all of them
     ("wise", ["--set", "save_freq=4", "merge_freq=8"])])
 def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method, sets):
-    """FT-M (its rewritten weights) and WISE (its own checkpoint: side memory, masks, edit
+    """FT-M and ROME (their rewritten weights; ROME's context templates) and WISE (its own
+    checkpoint: side memory, masks, edit
     history; numpy's random state; its context templates), 20 tiny edits: paused after the
     first saved state (10 calls), resumed by the same command, the row is the row of an
     uninterrupted run, and its state folder is gone."""
