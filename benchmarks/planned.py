@@ -102,13 +102,9 @@ def command_argv(dataset: str, n: int, method: str, seeds=(), easyedit_python=EA
 
 
 def still_to_run(rows) -> list:
-    """``[(dataset, n, method, why, command)]`` for every planned row not done (all rows of
-    the JSON lines, not only the latest of each)."""
-    return [(d, n, m, why, command(d, n, m, seeds)) for d, n, m, why, seeds in _todo(rows)]
-
-
-def _todo(rows) -> list:
-    """``[(dataset, n, method, why, seeds still to run)]``: :func:`still_to_run`'s rows."""
+    """``[(dataset, n, method, why, seeds still to run)]`` for every planned row not done (all
+    rows of the JSON lines, not only the latest of each), in the plan's order; its command:
+    ``command(dataset, n, method, seeds)``."""
     from capability import PROTOCOL
     have = {}
     for r in rows:
@@ -189,17 +185,19 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
 
 
 def shortest_first(todo, rows, dev_rows, max_hours=None) -> list:
-    """``_todo``'s rows, those expected to take the fewest hours of one core first
-    (:func:`hours_needed`; rows with nothing to go by last, in the plan's order). With
-    ``max_hours``, only the rows expected to take at most that long. Why this order: a
-    session's two cores make about 5 core-hours and the plan holds ~60; the short rows (N = 100,
-    LocFT's) fill RESULTS.md first instead of waiting sessions behind WISE's 1,000-edit rows
-    (~20 h each), and the total is the same (every long row can pause)."""
+    """``[(hours or None, row)]`` for :func:`still_to_run`'s rows ``todo``, those expected to
+    take the fewest hours of one core first (:func:`hours_needed`; rows with nothing to go by
+    last, in the plan's order). With ``max_hours``, only the rows expected to take at most that
+    long. Why this order: a session's two cores make about 5 core-hours and the plan holds ~60;
+    the short rows (N = 100, LocFT's) fill RESULTS.md first instead of waiting sessions behind
+    WISE's 1,000-edit rows (~20 h each), and the total is the same (every long row can pause)."""
     timed = [(hours_needed(d, n, m, rows, dev_rows, seeds), i, (d, n, m, why, seeds))
              for i, (d, n, m, why, seeds) in enumerate(todo)]
     if max_hours is not None:
         timed = [t for t in timed if t[0] is not None and t[0] <= max_hours]
-    return [row for _, _, row in sorted(timed, key=lambda t: (t[0] is None, t[0] or 0, t[1]))]
+    return [(h, row) for h, _, row in sorted(timed, key=lambda t: (t[0] is None, t[0] or 0,
+                                                                   t[1]))]
+
 
 
 def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=None,
@@ -218,8 +216,8 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     end = tune.deadline(until, time.time()) if until else None
     made = []
     rows = read_jsonl(rows_path)
-    for dataset, n, method, why, seeds in shortest_first(_todo(rows), rows,
-                                                         read_jsonl(tuning_path), max_hours):
+    for _, (dataset, n, method, why, seeds) in shortest_first(
+            still_to_run(rows), rows, read_jsonl(tuning_path), max_hours):
         base = LABELS.get(method, (method, []))[0]
         if methods and base not in methods and method not in methods:
             continue
@@ -250,10 +248,10 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
 
 
 def markdown(rows, dev_rows=()) -> str:
-    todo = shortest_first(_todo(rows), rows, dev_rows)
-    if not todo:
+    timed = shortest_first(still_to_run(rows), rows, dev_rows)
+    if not timed:
         return "- none: every planned row exists with the current settings"
-    hours = [hours_needed(d, n, m, rows, dev_rows, seeds) for d, n, m, _, seeds in todo]
+    hours, todo = [h for h, _ in timed], [row for _, row in timed]
     waits = [waits_for_tuning(m, dev_rows) for _, _, m, _, _ in todo]
     known = [h for h in hours if h is not None]
     return "\n".join([f"{len(todo)} of the {len(PLANNED) + len(SEEDS)} planned rows, in the "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One core's share of the benchmark work still to do, until HH:MM (a session's end): the
 # short planned rows that are ready (planned.py --run --max-hours 2), the baselines' tuning
-# grids (tune_baselines.py), then the long planned rows. Run one per core; they never take the same row (run.py locks a row
+# grids (tune_baselines.py), then the long planned rows. Run one per core; they never take
+# the same row (run.py locks a row
 # while a process runs it), a row that reads another's target vectors or side memory waits
 # for it, a row that cannot pause starts only where it fits, and pausable rows pause in time
 # with their state saved: the next session's same command goes on.

@@ -173,6 +173,12 @@ def z_settings(method: str, overrides) -> dict | None:
     return {k: v for k, v in cfg.items() if k not in Z_FREE and k != "alg_name"}
 
 
+def other_methods_rows(by_method_rows: dict, method: str) -> list:
+    """The dev rows of every method but ``method`` (``load_rows``' dict), for
+    :func:`minutes_needed`'s ``others``."""
+    return [r for m, rs in by_method_rows.items() if m != method for r in rs]
+
+
 def computed_elsewhere(method: str, overrides: dict, others: list) -> bool:
     """Whether a dev row of another method in ``others`` computed (not read) the target
     vectors ``method@overrides`` would compute (:func:`z_settings`)."""
@@ -389,8 +395,7 @@ def still_to_run(path: Path) -> list:
             if label(method, overrides) in labels:
                 continue
             minutes = minutes_needed(method, overrides, rows, elsewhere, before=before,
-                                     others=[r for m, rs in done.items() if m != method
-                                             for r in rs])
+                                     others=other_methods_rows(done, method))
             before.append(overrides)
             todo.append(f"`{label(method, overrides)}` "
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
@@ -456,7 +461,6 @@ def main(argv=None) -> str:
             max_minutes = args.max_minutes
             every = load_rows(Path(args.out))
             rows = every.get(method, [])
-            others = [r for m, rs in every.items() if m != method for r in rs]
             if label(method, overrides) in {r["method"] for r in rows}:
                 continue  # done (run.py would skip it, after ~25 s of importing EasyEdit)
             payer = unfinished_payer(method, overrides, rows)
@@ -471,7 +475,8 @@ def main(argv=None) -> str:
                 need = ((method in ONE_CALL and minutes_needed(
                     method, overrides, rows,
                     evaluation_rows(Path(args.out).with_name("edit_quality.jsonl"), method),
-                    cached=holds_any(target_cache_root()), others=others))
+                    cached=holds_any(target_cache_root()),
+                    others=other_methods_rows(every, method)))
                         or MARGIN_MINUTES + 1)
                 if need >= left:
                     logger.info("not starting %s: it needs ~%.0f min, %.0f left before %s",

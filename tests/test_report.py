@@ -135,7 +135,8 @@ def test_rows_still_to_run_name_what_is_missing_stale_or_unseeded():
                 settings_sha256=run.settings_digest(
                     "locft-bf", str(run.REPO / shipped),
                     {"key_penalty_weight": 0.003, "null_space_energy": 0}))]
-    todo = {(d, n, m): (why, cmd) for d, n, m, why, cmd in planned.still_to_run(rows)}
+    todo = {(d, n, m): (why, planned.command(d, n, m, seeds))
+            for d, n, m, why, seeds in planned.still_to_run(rows)}
     assert ("zsre", 1000, "locft-bf") not in todo
     assert ("zsre", 1000, "locft-bf+kp0.003") not in todo
     assert todo[("counterfact", 1000, "locft-bf")][0] == \
@@ -203,9 +204,11 @@ def test_rows_still_to_run_go_shortest_first_and_max_hours_keeps_the_short_ones(
             {"method": "locft-bf", "dataset": "zsre", "n": 1000, "model": m,
              "seconds_per_edit": 1.8},
             {"method": "wise", "dataset": "zsre", "n": 100, "model": m, "seconds_per_edit": 70.0}]
-    todo = planned._todo(rows)
-    order = planned.shortest_first(todo, rows, [])
+    todo = planned.still_to_run(rows)
+    timed = planned.shortest_first(todo, rows, [])
+    order = [row for _, row in timed]
     hours = [planned.hours_needed(d, n, k, rows, [], seeds) for d, n, k, _, seeds in order]
+    assert [h for h, _ in timed] == hours
     assert sorted(order) == sorted(todo)
     known = [h for h in hours if h is not None]
     assert known == sorted(known) and hours[:len(known)] == known  # None last
@@ -215,7 +218,7 @@ def test_rows_still_to_run_go_shortest_first_and_max_hours_keeps_the_short_ones(
     assert order[len(known):] == unknown and ("zsre", 100, "rome") in [r[:3] for r in unknown]
     assert [r[:3] for r in order if r[2] == "wise"] == [("zsre", 1000, "wise"),
                                                          ("counterfact", 1000, "wise")]
-    short = planned.shortest_first(todo, rows, [], max_hours=2)
+    short = [row for _, row in planned.shortest_first(todo, rows, [], max_hours=2)]
     assert short == [r for r, h in zip(order, hours) if h is not None and h <= 2]
     assert ("zsre", 100, "memit") in [r[:3] for r in short]  # 1 h + 5 min
     assert ("zsre", 1000, "memit") not in [r[:3] for r in short]  # 10 h
