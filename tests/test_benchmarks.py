@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_file
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +49,7 @@ def needs_lm_eval():
 def rows(tmp_path_factory):
     needs_lm_eval()
     run = _load("run")
-    if not (run.DATA_DIR / "zsre_2k.json").is_file():
-        pytest.skip(f"{run.DATA_DIR}/zsre_2k.json is missing (set LOCFT_SHARED_DATA)")
+    shared_file("zsre_2k.json")  # skips without the shared data
     out = tmp_path_factory.mktemp("bench") / "rows.jsonl"
     argv = ["--model", "tiny", "--methods", "locft-bf", "ft-m", "--datasets", "zsre",
             "--n", "10", "--threads", "1", "--out", str(out), "--python", sys.executable]
@@ -166,8 +167,7 @@ def test_changed_settings_rerun_the_row(rows, tmp_path):
 def test_counterfact_row_has_probability_scores(tmp_path):
     needs_lm_eval()
     run = _load("run")
-    if not (run.DATA_DIR / "counterfact_2k.json").is_file():
-        pytest.skip(f"{run.DATA_DIR}/counterfact_2k.json is missing (set LOCFT_SHARED_DATA)")
+    shared_file("counterfact_2k.json")  # skips without the shared data
     out = tmp_path / "cf.jsonl"
     (row,) = run.main(["--model", "tiny", "--methods", "locft-bf", "--datasets", "counterfact",
                        "--n", "6", "--threads", "1", "--out", str(out)])
@@ -187,6 +187,7 @@ def test_requests_skip_contradicting_prompts():
     """counterfact_2k.json asks 'Frank Lampard, the' for basketball and later quarterback:
     the runner keeps the first, takes the next record instead, and leaves N=100 as it was."""
     run = _load("run")
+    shared_file("counterfact_2k.json")  # skips without the shared data
     from locft_easyedit import load_dataset
     from locft_easyedit import validate_requests
 

@@ -6,6 +6,7 @@ import types
 import pytest
 import torch
 
+from conftest import shared_file
 from test_benchmarks import _load
 
 
@@ -153,6 +154,7 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
     from locft_easyedit.locft import checkpoint
 
     run = _load("run")
+    shared_file("zsre_2k.json")  # the row's requests; skips without the shared data
     monkeypatch.setattr(sys.modules["resume"], "LOCFT_CHECKPOINT",
                         {"checkpoint_every_epochs": 10, "checkpoint_every_minutes": None})
     real_save = checkpoint.Checkpointer.save
@@ -185,6 +187,7 @@ def test_a_row_another_process_is_running_is_skipped(tmp_path, caplog):
     """Two queues (one per core) given the same row: the second finds its lock held and
     skips it, launching nothing; the lock goes with the holder, and the row runs after."""
     run = _load("run")
+    shared_file("zsre_2k.json")  # the row's requests; skips without the shared data
     out = tmp_path / "rows.jsonl"
     hparams = str(run.REPO / "hparams" / "smollm2-135m.yaml")
     digest = run.settings_digest("locft-bf", hparams, {})
