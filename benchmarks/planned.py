@@ -174,10 +174,10 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     base = LABELS.get(method, (method, []))[0]
     if base not in tune.GRIDS:
         return None
-    left, chosen, moved = tune.choice_state(base, tune.by_method(dev_rows).get(base, []),
-                                            easyedit_yaml(base))
+    every = tune.by_method(dev_rows)
+    left, chosen, moved = tune.choice_state(base, every, easyedit_yaml(base))
     if left:
-        return f"its tuning grid has {len(left)} of {len(tune.GRIDS[base])} rows to run"
+        return f"its tuning grid has {len(left)} of {len(tune.grid(base, every))} rows to run"
     if moved:
         return (f"its YAML does not hold the chosen `{chosen['method']}` yet "
                 f"({', '.join(f'{k}={v}' for k, v in moved.items())})")

@@ -27,6 +27,11 @@ YAML's: the clamp never binds in 25 steps of lr 0.1) and won the tie on 47.7 vs 
 the same amount of work: speeds within ``SPEED_NOISE`` (10%, the difference of two runs of
 one computation here) of the fastest count as equal.
 
+**ROME's grid follows MEMIT's on the v_* knobs** (``FOLLOWS``, set on 2026-12-04 from ROME's
+speed alone, before any ROME score): its rows take ~3 hours each here, so a v_* row of ROME's
+runs only where the same change, run for MEMIT, scored above MEMIT's YAML row by more than
+the tie margin; ROME's layer rows always run. The rows left out are listed by ``--report``.
+
 Every setting is one row of ``benchmarks/run.py`` (``--label method@knob=value``) appended to
 ``results/tuning.jsonl``; finished rows are skipped, and a grid spans sessions: run the same
 command again. WISE rows save their state every 10 edits and pause past ``--max-minutes``; a
@@ -103,6 +108,13 @@ GRIDS = {
              {"act_margin": [10.0, 100.0, 50.0], "act_ratio": 0.7},
              {"edit_lr": 0.3}, {"edit_lr": 0.3, "act_ratio": 0.7}],
 }
+# ROME's compute_v optimises its target vector with the same v_* knobs as MEMIT's compute_z
+# (lr, steps, norm clamp, weight decay, KL term). A ROME dev row takes ~3 hours of one core here
+# (~107 s an edit: EasyEdit's ROME YAML samples 20 context templates for every step, MEMIT's
+# code 5), so ROME's v_* rows run only where the same change helped MEMIT on the same dev split
+# (its row scored above MEMIT's YAML row by more than TIE); its layer rows always run. Set on
+# 2026-12-04 from ROME's speed alone (3 of its YAML row's 100 edits done, no ROME score seen).
+FOLLOWS = {"rome": "memit"}
 FREE = {"memit": Z_FREE, "alphaedit": Z_FREE, "wise": INFERENCE_ONLY}  # what reused rows move
 ONE_CALL = ("memit", "alphaedit", "ultraedit")  # a dev row is one call: it cannot pause
 MARGIN_MINUTES = 15.0  # a dev row's loading and scoring, beyond its editing
@@ -214,6 +226,39 @@ def minutes_needed(method: str, overrides: dict, rows: list, elsewhere=(), cache
     return max(like) / 60 + MARGIN_MINUTES if like else None
 
 
+def skipped(method: str, every: dict) -> dict:
+    """``{label: why}`` of the grid rows of ``method`` that :data:`FOLLOWS` leaves out, given
+    ``every`` method's dev rows (:func:`load_rows`): a v_* row whose change, run for the method
+    it follows, did not score above that method's YAML row by more than ``TIE``."""
+    lead = FOLLOWS.get(method)
+    rows = {r["method"]: r for r in every.get(lead, [])}
+    base = rows.get(label(lead, {})) if lead else None
+    out = {}
+    for overrides in GRIDS[method] if base else []:
+        theirs = rows.get(label(lead, overrides)) if overrides in _V else None
+        if theirs is not None and score(theirs) <= score(base) + TIE:
+            out[label(method, overrides)] = (
+                f"`{theirs['method']}` scored {score(theirs):.3f}, not above `{base['method']}`"
+                f" {score(base):.3f} by more than {TIE}")
+    return out
+
+
+def waits_for_lead(method: str, overrides: dict, every: dict):
+    """The label of the row of the method ``method`` follows (:data:`FOLLOWS`) that must run
+    before the row ``method@overrides`` is run or left out; else None."""
+    lead = FOLLOWS.get(method)
+    if lead is None or overrides not in _V:
+        return None
+    done = {r["method"] for r in every.get(lead, [])}
+    return next((x for x in (label(lead, {}), label(lead, overrides)) if x not in done), None)
+
+
+def grid(method: str, every: dict) -> list:
+    """``GRIDS[method]`` without the rows :func:`skipped` leaves out."""
+    left_out = skipped(method, every)
+    return [o for o in GRIDS[method] if label(method, o) not in left_out]
+
+
 def unfinished_payer(method: str, overrides: dict, rows: list):
     """The label of the earlier grid row whose target vectors / side memory the row
     ``method@overrides`` would read, when that row has not finished (paused, or running on
@@ -222,9 +267,9 @@ def unfinished_payer(method: str, overrides: dict, rows: list):
     done = {r["method"] for r in rows}
     if method not in FREE or label(method, overrides) in done:
         return None
-    grid = GRIDS[method]
+    order = GRIDS[method]
     mine = paid_part(method, overrides)
-    for o in grid[:grid.index(overrides)] if overrides in grid else grid:
+    for o in order[:order.index(overrides)] if overrides in order else order:
         if paid_part(method, o) == mine and label(method, o) not in done:
             return label(method, o)
     return None
@@ -322,12 +367,14 @@ def yaml_value(v) -> str:
     return text
 
 
-def choice_state(method: str, rows: list, yaml_path) -> tuple:
+def choice_state(method: str, every: dict, yaml_path) -> tuple:
     """``(grid rows still to run, the chosen row, the chosen settings the YAML at yaml_path
-    does not hold yet)`` for ``method``'s dev ``rows``; the last two are None and {} while
-    rows are left. Settings compare as EasyEdit reads them (:func:`as_read`)."""
+    does not hold yet)`` for ``method``, from ``every`` method's dev rows (:func:`load_rows`);
+    the last two are None and {} while rows are left. Settings compare as EasyEdit reads them
+    (:func:`as_read`)."""
+    rows = every.get(method, [])
     done = {r["method"] for r in rows}
-    left = [label(method, o) for o in GRIDS[method] if label(method, o) not in done]
+    left = [label(method, o) for o in grid(method, every) if label(method, o) not in done]
     if left:
         return left, None, {}
     chosen = choose(rows)
@@ -345,9 +392,10 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
     what it did, for the log."""
     from baselines import easyedit_yaml
 
-    rows = load_rows(path).get(method, [])
+    every = load_rows(path)
+    rows = every.get(method, [])
     target = Path(yaml_path or easyedit_yaml(method))
-    left, chosen, moved = choice_state(method, rows, target)
+    left, chosen, moved = choice_state(method, every, target)
     if left:
         raise SystemExit(f"{method}: the grid has {len(left)} rows to run ({', '.join(left)}); "
                          "the rule chooses once every row has run")
@@ -385,13 +433,14 @@ def still_to_run(path: Path) -> list:
     minutes (``minutes_needed``; a row that reads an earlier row's vectors or side memory is
     counted as the rows like it, once its paying row exists)."""
     done = load_rows(path)
-    todo, total, unknown = [], 0.0, 0
-    for method, grid in GRIDS.items():
+    todo, total, unknown, left_out = [], 0.0, 0, {}
+    for method in GRIDS:
         rows = done.get(method, [])
         labels = {r["method"] for r in rows}
         elsewhere = evaluation_rows(path.with_name("edit_quality.jsonl"), method)
+        left_out.update(skipped(method, done))
         before = []
-        for overrides in grid:
+        for overrides in grid(method, done):
             if label(method, overrides) in labels:
                 continue
             minutes = minutes_needed(method, overrides, rows, elsewhere, before=before,
@@ -401,11 +450,14 @@ def still_to_run(path: Path) -> list:
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
             total += minutes or 0.0
             unknown += minutes is None
+    skips = ([f"Left out by the rule for methods that follow another's grid (`FOLLOWS`, in "
+              "`tune_baselines.py`): " + "; ".join(f"`{k}` ({v})" for k, v in left_out.items())
+              + ".", ""] if left_out else [])
     if not todo:
-        return ["Every grid row has run."]
+        return ["Every grid row has run.", ""] + skips
     return [f"Grid rows still to run ({len(todo)}, about {total / 60:.1f} hours of one core"
             + (f" besides {unknown} with no estimate" if unknown else "") + "): "
-            + ", ".join(todo) + ".", ""]
+            + ", ".join(todo) + ".", ""] + skips
 
 
 def main(argv=None) -> str:
@@ -463,6 +515,13 @@ def main(argv=None) -> str:
             rows = every.get(method, [])
             if label(method, overrides) in {r["method"] for r in rows}:
                 continue  # done (run.py would skip it, after ~25 s of importing EasyEdit)
+            if label(method, overrides) in skipped(method, every):
+                continue
+            lead = waits_for_lead(method, overrides, every)
+            if lead is not None:
+                logger.info("not yet %s: whether it runs depends on %s, which has not run",
+                            label(method, overrides), lead)
+                continue
             payer = unfinished_payer(method, overrides, rows)
             if payer is not None:
                 logger.info("not yet %s: it reads what %s computes, which has not finished "

@@ -350,3 +350,41 @@ def test_apply_writes_the_choice_into_a_copy_of_the_yaml(tune, tmp_path):
     path.write_text(json.dumps(grid_rows("memit", {})[0]) + "\n")
     with pytest.raises(SystemExit, match="memit: the grid has 11 rows to run"):
         tune.apply_choice("memit", path, copy)
+
+
+def test_romes_v_rows_follow_memits_same_change(tune, tmp_path):
+    """FOLLOWS: a v_* row of ROME's waits until MEMIT's YAML row and its row of the same change
+    have run, then runs only if that change scored above MEMIT's YAML by more than TIE; the
+    layer rows never wait; the rows left out leave the grid (and so its rows-to-run count) and
+    are named in the report."""
+    memit = [_row("memit@yaml", {}, 0.569, 0.397, 0.796, 47.0),                       # 0.587
+             _row("memit@v_lr=0.1", {"v_lr": 0.1}, 0.289, 0.260, 0.927, 52.0),        # 0.492
+             _row("memit@clamp_norm_factor=10", {"clamp_norm_factor": 10},
+                  0.590, 0.410, 0.800, 47.0),                                           # 0.600
+             _row("memit@v_weight_decay=0.5", {"v_weight_decay": 0.5},
+                  0.571, 0.399, 0.797, 47.0)]                                           # 0.589
+    every = {"memit": memit}
+    assert tune.skipped("rome", every) == {
+        "rome@v_lr=0.1": "`memit@v_lr=0.1` scored 0.492, not above `memit@yaml` 0.587 by "
+                         "more than 0.005",
+        "rome@v_weight_decay=0.5": "`memit@v_weight_decay=0.5` scored 0.589, not above "
+                                   "`memit@yaml` 0.587 by more than 0.005"}
+    assert tune.waits_for_lead("rome", {"v_num_grad_steps": 50}, every) == \
+        "memit@v_num_grad_steps=50"
+    assert tune.waits_for_lead("rome", {"clamp_norm_factor": 10}, every) is None  # it runs
+    assert tune.waits_for_lead("rome", {"layers": [3]}, every) is None
+    assert tune.waits_for_lead("rome", {"v_lr": 0.1}, {}) == "memit@yaml"
+    assert tune.skipped("rome", {}) == {} and tune.skipped("memit", every) == {}
+    assert [tune.label("rome", o) for o in tune.grid("rome", every)] == [
+        "rome@yaml", "rome@layers=[3]", "rome@layers=[8]", "rome@layers=[15]",
+        "rome@v_num_grad_steps=50", "rome@clamp_norm_factor=10"]
+    rome = [_row(tune.label("rome", o), o, 0.5, 0.5, 0.5, 100.0)
+            for o in tune.grid("rome", every) if o != {"v_num_grad_steps": 50}]
+    left, chosen, _ = tune.choice_state("rome", {**every, "rome": rome}, "unused.yaml")
+    assert left == ["rome@v_num_grad_steps=50"] and chosen is None
+    path = tmp_path / "tuning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in memit + rome))
+    text = tune.report(path)
+    assert ("Left out by the rule for methods that follow another's grid (`FOLLOWS`, in "
+            "`tune_baselines.py`): `rome@v_lr=0.1` (`memit@v_lr=0.1` scored 0.492") in text
+    assert "`rome@v_num_grad_steps=50`" in text.split("Grid rows still to run")[1]
