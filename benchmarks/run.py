@@ -316,10 +316,18 @@ def finished(out: Path) -> set:
     return done
 
 
+STATE_DIR = "LOCFT_STATE_DIR"  # env: where paused rows keep their states and locks
+
+
 def state_folder(out: Path, method: str, dataset: str, n: int, model: str, digest: str) -> Path:
-    """Where a chunked row keeps its resumable state (beside ``out``, git-ignored)."""
+    """Where a chunked row keeps its resumable state: ``$LOCFT_STATE_DIR/resume/<tag>`` when
+    that is set, else ``tmp/resume/<tag>`` beside ``out`` (git-ignored). ``session.sh`` sets it
+    to a folder outside the work tree, since a new session may get the machine back with its
+    work tree laid anew (found 2026-12-04: ``~/.cache`` was kept, ``benchmarks/results/tmp``
+    was not, and two paused rows started over)."""
     tag = f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
-    return out.parent / "tmp" / "resume" / tag
+    root = Path(os.environ[STATE_DIR]) if os.environ.get(STATE_DIR) else out.parent / "tmp"
+    return root / "resume" / tag
 
 
 def lock_path(folder: Path) -> Path:

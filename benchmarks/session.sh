@@ -28,6 +28,9 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# Paused rows keep their states outside the work tree (run.state_folder): a later session may
+# get this machine back with its home kept but /work laid anew.
+export LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$HOME/.cache/locft_easyedit/row-states}"
 # Shortest work first, and a row that cannot pause while the session still has the time for
 # it: (1) the planned rows that are ready and take at most 2 h (LocFT's, the baselines' N = 100
 # rows once tuned), what RESULTS.md shows; (2) the grids, those whose rows are one call that

@@ -98,7 +98,7 @@ needs_easyedit = pytest.mark.skipif(
     # is saved and every 8 merged, so the pause after 10 falls between shards (2 kept, one
     # merge done) and the resumed run must go on from all of them
     ("wise", ["--set", "save_freq=4", "merge_freq=8"])])
-def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method, sets):
+def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, method, sets):
     """FT-M and ROME (their rewritten weights; ROME's context templates) and WISE (its own
     checkpoint: side memory, masks, edit
     history; numpy's random state; its context templates), 20 tiny edits: paused after the
@@ -108,6 +108,7 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, method, sets):
     import sys
 
     run = _load("run")
+    monkeypatch.delenv(run.STATE_DIR, raising=False)  # the state beside the rows, read below
     args = ["--model", "tiny", "--methods", method, "--datasets", "zsre", "--n", "20",
             "--threads", "1", "--python", sys.executable] + sets
     paused = tmp_path / "paused.jsonl"
@@ -183,11 +184,30 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
     assert torch.load(state / checkpoint.FILENAME, weights_only=True)["epoch"] > 10
 
 
-def test_a_row_another_process_is_running_is_skipped(tmp_path, caplog):
+def test_states_go_where_locft_state_dir_says(tmp_path, monkeypatch):
+    """A paused row's state and lock lie beside the rows file unless $LOCFT_STATE_DIR names
+    a folder (session.sh: one outside the work tree, which a new session may lay anew)."""
+    run = _load("run")
+    out = tmp_path / "results" / "rows.jsonl"
+    tag = "memit@v_lr=0.1_zsre_100_embedded_smollm2-135m_abc_1000_None"
+    monkeypatch.delenv(run.STATE_DIR, raising=False)
+    beside = run.state_folder(out, "memit@v_lr=0.1", "zsre", 100, "embedded:smollm2-135m",
+                              "abc_1000_None")
+    assert beside == tmp_path / "results" / "tmp" / "resume" / tag
+    assert run.lock_path(beside) == tmp_path / "results" / "tmp" / "locks" / (tag + ".lock")
+    monkeypatch.setenv(run.STATE_DIR, str(tmp_path / "kept"))
+    kept = run.state_folder(out, "memit@v_lr=0.1", "zsre", 100, "embedded:smollm2-135m",
+                            "abc_1000_None")
+    assert kept == tmp_path / "kept" / "resume" / tag
+    assert run.lock_path(kept) == tmp_path / "kept" / "locks" / (tag + ".lock")
+
+
+def test_a_row_another_process_is_running_is_skipped(tmp_path, monkeypatch, caplog):
     """Two queues (one per core) given the same row: the second finds its lock held and
     skips it, launching nothing; the lock goes with the holder, and the row runs after."""
     run = _load("run")
     shared_file("zsre_2k.json")  # the row's requests; skips without the shared data
+    monkeypatch.delenv(run.STATE_DIR, raising=False)
     out = tmp_path / "rows.jsonl"
     hparams = str(run.REPO / "hparams" / "smollm2-135m.yaml")
     digest = run.settings_digest("locft-bf", hparams, {})
