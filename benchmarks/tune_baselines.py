@@ -384,10 +384,26 @@ def choice_state(method: str, every: dict, yaml_path) -> tuple:
     return left, chosen, moved
 
 
+TUNED_NOTE = "# Tuned (issue 16, "  # how apply_choice's comment starts; it ends at "--report`."
+
+
+def without_tuned_note(lines: list) -> list:
+    """``lines`` (a YAML's) less the ``# Tuned`` comment an earlier :func:`apply_choice` wrote."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(TUNED_NOTE)), None)
+    if start is None:
+        return lines
+    end = start + 1  # past the comment's last line, or its first line that is no comment
+    while end < len(lines) and lines[end].startswith("#") and \
+            not lines[end - 1].endswith("--report`."):
+        end += 1
+    return lines[:start] + lines[end:]
+
+
 def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> str:
     """Write the setting the rule chose for ``method`` into its YAML (``baselines.
     easyedit_yaml``): each moved key's line gets the chosen value (its trailing comment kept),
-    and a ``# Tuned`` comment with the dev scores goes above the first key. Refuses while the
+    and a ``# Tuned`` comment with the dev scores goes above the first key (replacing the one
+    an earlier apply wrote). Refuses while the
     grid has rows to run, and does nothing when the YAML already holds the choice. Returns
     what it did, for the log."""
     from baselines import easyedit_yaml
@@ -410,6 +426,7 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
             raise SystemExit(f"{target}: {len(at)} top-level lines set {key!r}; write it by hand")
         comment = lines[at[0]].split(" #", 1)[1] if " #" in lines[at[0]] else None
         lines[at[0]] = f"{key}: {yaml_value(value)}" + (f"  #{comment}" if comment else "")
+    lines = without_tuned_note(lines)  # a re-applied choice replaces the earlier note
     first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     others = "; ".join(f"{r['method'].split('@', 1)[1]} {score(r):.3f}"
                        for r in sorted(rows, key=score, reverse=True) if r is not chosen)
@@ -420,7 +437,7 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
             + f" chosen (rel / gen / loc {chosen['reliability']:.3f} / "
             f"{chosen['generalization']:.3f} / {chosen['locality']:.3f}, mean {score(chosen):.3f}"
             f") over (mean of the three): {others}. The grid and its rows: `python "
-            f"benchmarks/tune_baselines.py --report`.")
+            f"benchmarks/tune_baselines.py --report`.")  # without_tuned_note finds its end
     wrapped = textwrap.wrap(note, width=93, break_on_hyphens=False)
     lines[first:first] = ["# " + w for w in wrapped]
     target.write_text("\n".join(lines) + "\n")
