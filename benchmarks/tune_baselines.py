@@ -384,7 +384,8 @@ def choice_state(method: str, every: dict, yaml_path) -> tuple:
     return left, chosen, moved
 
 
-TUNED_NOTE = "# Tuned (issue 16, "  # how apply_choice's comment starts; it ends at "--report`."
+# How apply_choice's comment starts and ends (without_tuned_note finds it by these)
+TUNED_NOTE, NOTE_END = "# Tuned (issue 16, ", "`python benchmarks/tune_baselines.py --report`."
 
 
 def without_tuned_note(lines: list) -> list:
@@ -394,7 +395,7 @@ def without_tuned_note(lines: list) -> list:
         return lines
     end = start + 1  # past the comment's last line, or its first line that is no comment
     while end < len(lines) and lines[end].startswith("#") and \
-            not lines[end - 1].endswith("--report`."):
+            not lines[end - 1].endswith(NOTE_END.split()[-1]):  # the wrap may split NOTE_END
         end += 1
     return lines[:start] + lines[end:]
 
@@ -430,14 +431,13 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
     first = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
     others = "; ".join(f"{r['method'].split('@', 1)[1]} {score(r):.3f}"
                        for r in sorted(rows, key=score, reverse=True) if r is not chosen)
-    note = (f"Tuned (issue 16, benchmarks/tune_baselines.py --apply, rule in its docstring; dev "
+    note = (f"{TUNED_NOTE[2:]}benchmarks/tune_baselines.py --apply, rule in its docstring; dev "
             f"split ZsRE records {DEV_OFFSET}-{DEV_OFFSET + DEV_N - 1}, N={DEV_N}, "
             f"{today or datetime.now():%Y-%m-%d}): "
             + ", ".join(f"{k} {json.dumps(v)}" for k, v in moved.items())
             + f" chosen (rel / gen / loc {chosen['reliability']:.3f} / "
             f"{chosen['generalization']:.3f} / {chosen['locality']:.3f}, mean {score(chosen):.3f}"
-            f") over (mean of the three): {others}. The grid and its rows: `python "
-            f"benchmarks/tune_baselines.py --report`.")  # without_tuned_note finds its end
+            f") over (mean of the three): {others}. The grid and its rows: {NOTE_END}")
     wrapped = textwrap.wrap(note, width=93, break_on_hyphens=False)
     lines[first:first] = ["# " + w for w in wrapped]
     target.write_text("\n".join(lines) + "\n")
