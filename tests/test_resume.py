@@ -1,5 +1,6 @@
 """Resumable chunked benchmark rows (benchmarks/resume.py) on the tiny model."""
 import logging
+from pathlib import Path
 import sys
 import types
 
@@ -200,6 +201,27 @@ def test_states_go_where_locft_state_dir_says(tmp_path, monkeypatch):
                             "abc_1000_None")
     assert kept == tmp_path / "kept" / "resume" / tag
     assert run.lock_path(kept) == tmp_path / "kept" / "locks" / (tag + ".lock")
+
+
+def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
+    """session.sh keeps paused rows' states in benchmarks/results/states, which git tracks
+    (a later session may get a new machine: only the repository goes on), and its locks/
+    (which mean nothing past the process holding them) is ignored."""
+    import shutil
+    import subprocess
+
+    run = _load("run")
+    session = (run.REPO / "benchmarks" / "session.sh").read_text()
+    assert 'LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$results/states}"' in session
+    if shutil.which("git") is None or not (run.REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    results = run.REPO / "benchmarks" / "results"
+    monkeypatch.setenv(run.STATE_DIR, str(results / "states"))
+    folder = run.state_folder(results / "edit_quality.jsonl", "rome", "zsre", 100,
+                              "embedded:smollm2-135m", "abc")
+    check = ["git", "-C", str(run.REPO), "check-ignore", "-q", "--no-index"]
+    assert subprocess.run(check + [str(folder / "weights-3.pt")]).returncode == 1  # tracked
+    assert subprocess.run(check + [str(run.lock_path(folder))]).returncode == 0  # ignored
 
 
 def test_a_row_another_process_is_running_is_skipped(tmp_path, monkeypatch, caplog):
