@@ -230,7 +230,8 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         fn(model, tok, chunk, hp, copy=False, return_orig_weights=False,
            keep_original_weight=True, **kwargs)
         _save_or_pause(state, k + 1, len(chunks), every, t0, max_minutes, f"{method} calls",
-                       lambda s: state.save(model, hp, method, module, k + 1, spent + s, runs + 1))
+                       lambda s: state.save(model, hp, method, module, k + 1, spent + s,
+                                            runs + 1, len(chunks)))
     extra["easyedit_calls"] = len(chunks)
     if runs:
         extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
@@ -337,10 +338,11 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
         with _own_pickle(ckpt is not None and i == done):
             editor, _ = fn(model, tok, [copy.deepcopy(requests[i])], hp, copy=False)
         _save_or_pause(state, i + 1, len(requests), every, t0, max_minutes, "wise edits",
-                       lambda s: state.save_wise(editor, utils, i + 1, spent + s, runs + 1))
+                       lambda s: state.save_wise(editor, utils, i + 1, spent + s, runs + 1,
+                                                 len(requests)))
     if cache is not None:
         cache.save_wise(editor, utils, len(requests), spent + time.perf_counter() - t0,
-                        runs + 1)
+                        runs + 1, len(requests))
     return {"easyedit_calls": len(requests), **fields,
             **({"seconds_in_earlier_runs": spent, "runs": runs + 1} if runs else {})}
 

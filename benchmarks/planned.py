@@ -135,15 +135,18 @@ def still_to_run(rows) -> list:
     return out
 
 
-def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=None):
+def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=None,
+                 progress=None):
     """Estimated hours of one core for the row: :func:`seconds_per_edit` times ``n`` per
     seed still to run (``seeds``; default: all of its planned seeds), plus ``AFTER_MINUTES``
-    per run; None with nothing to go by."""
+    per run; None with nothing to go by. ``progress`` (``run.paused``: the row is paused):
+    only the edits it has left."""
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
     if spe is None:
         return None
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
-    return runs * (spe * n / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+    left = 1 - progress["done"] / progress["total"] if progress and progress["total"] else 1
+    return runs * (spe * n * left / 3600 + AFTER_MINUTES.get(n, 35) / 60)
 
 
 def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
@@ -184,14 +187,17 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     return None
 
 
-def shortest_first(todo, rows, dev_rows, max_hours=None) -> list:
+def shortest_first(todo, rows, dev_rows, max_hours=None, stopped=None) -> list:
     """``[(hours or None, row)]`` for :func:`still_to_run`'s rows ``todo``, those expected to
     take the fewest hours of one core first (:func:`hours_needed`; rows with nothing to go by
     last, in the plan's order). With ``max_hours``, only the rows expected to take at most that
     long. Why this order: a session's two cores make about 5 core-hours and the plan holds ~60;
     the short rows (N = 100, LocFT's) fill RESULTS.md first instead of waiting sessions behind
-    WISE's 1,000-edit rows (~20 h each), and the total is the same (every long row can pause)."""
-    timed = [(hours_needed(d, n, m, rows, dev_rows, seeds), i, (d, n, m, why, seeds))
+    WISE's 1,000-edit rows (~20 h each), and the total is the same (every long row can pause).
+    ``stopped``: ``run.paused``, for what a paused row has left."""
+    stopped = stopped or {}
+    timed = [(hours_needed(d, n, m, rows, dev_rows, seeds, stopped.get((m, d, n))), i,
+              (d, n, m, why, seeds))
              for i, (d, n, m, why, seeds) in enumerate(todo)]
     if max_hours is not None:
         timed = [t for t in timed if t[0] is not None and t[0] <= max_hours]
@@ -217,7 +223,8 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     made = []
     rows = read_jsonl(rows_path)
     for _, (dataset, n, method, why, seeds) in shortest_first(
-            still_to_run(rows), rows, read_jsonl(tuning_path), max_hours):
+            still_to_run(rows), rows, read_jsonl(tuning_path), max_hours,
+            run.paused(rows_path)):
         base = LABELS.get(method, (method, []))[0]
         if methods and base not in methods and method not in methods:
             continue
@@ -247,8 +254,14 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     return made
 
 
-def markdown(rows, dev_rows=()) -> str:
-    timed = shortest_first(still_to_run(rows), rows, dev_rows)
+def markdown(rows, dev_rows=(), stopped=None) -> str:
+    """The planned rows still to run, as :func:`shortest_first` orders them, each with its
+    hours, what it waits for and its command; ``stopped`` (``run.paused``): how far a paused
+    row got."""
+    import run
+
+    stopped = stopped or {}
+    timed = shortest_first(still_to_run(rows), rows, dev_rows, stopped=stopped)
     if not timed:
         return "- none: every planned row exists with the current settings"
     hours, todo = [h for h, _ in timed], [row for _, row in timed]
@@ -261,6 +274,8 @@ def markdown(rows, dev_rows=()) -> str:
                       "core's, estimated from the method's earlier rows, `hours_needed`):", ""]
                      + [f"- {d} N={n} {m}: {why}; "
                         + (f"~{h:.1f} h" if h is not None else "no row to estimate its time")
+                        + (f" (paused at {run.progress_text(stopped[(m, d, n)])})"
+                           if (m, d, n) in stopped else "")
                         + (f"; waits: {w}" if w else "")
                         + f". `{command(d, n, m, seeds)}`"
                         for (d, n, m, why, seeds), h, w in zip(todo, hours, waits)]
@@ -304,7 +319,9 @@ def main(argv=None) -> str:
                   args.easyedit_python, args.until, args.methods, args.threads,
                   args.max_hours)
 
-    text = markdown(read_jsonl(args.jsonl), read_jsonl(args.tuning))
+    import run
+
+    text = markdown(read_jsonl(args.jsonl), read_jsonl(args.tuning), run.paused(Path(args.jsonl)))
     print(text)
     return text
 

@@ -493,13 +493,14 @@ def main(argv=None) -> str:
             print(f"wrote {p}")
     if args.md:
         import planned
+        import run
         import tune_baselines
         from common import read_jsonl
 
         tuning = tune_baselines.report(Path(args.tuning)) if Path(args.tuning).is_file() else None
         every = read_jsonl(args.jsonl)
-        write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning,
-                                               planned.markdown(every, read_jsonl(args.tuning))))
+        todo = planned.markdown(every, read_jsonl(args.tuning), run.paused(Path(args.jsonl)))
+        write_markdown(Path(args.md), markdown(rows, args.jsonl, args.plots, tuning, todo))
         print(f"wrote {args.md}")
     return text
 

@@ -85,7 +85,7 @@ class ChunkState:
         return done, state["seconds"], state.get("runs", 1)
 
     def save(self, model, hp, method: str, module, chunks_done: int, seconds: float,
-             runs: int) -> None:
+             runs: int, chunks_total: int | None = None) -> None:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -94,11 +94,13 @@ class ChunkState:
         has_cache = getattr(module, "cache_c_new", False)
         if has_cache:
             torch.save(module.cache_c, self.folder / CACHE_C.format(chunks_done))
-        self._commit({"method": method, "chunks_done": chunks_done, "seconds": seconds,
+        self._commit({"method": method, "chunks_done": chunks_done,
+                      "chunks_total": chunks_total, "seconds": seconds,
                       "runs": runs, "cache_c": bool(has_cache),
                       "context_templates": getattr(module, TEMPLATES, None)})
 
-    def save_wise(self, editor, utils, edits_done: int, seconds: float, runs: int) -> None:
+    def save_wise(self, editor, utils, edits_done: int, seconds: float, runs: int,
+                  edits_total: int | None = None) -> None:
         """WISE after ``edits_done`` edits: ``editor`` (the WISE object of the last call)
         writes its checkpoint; ``utils`` is WISE's module holding the context templates."""
         import numpy as np
@@ -106,7 +108,8 @@ class ChunkState:
         self.folder.mkdir(parents=True, exist_ok=True)
         editor.save(str(self.folder / WISE_CKPT.format(edits_done)))
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        self._commit({"method": "wise", "chunks_done": edits_done, "seconds": seconds,
+        self._commit({"method": "wise", "chunks_done": edits_done,
+                      "chunks_total": edits_total, "seconds": seconds,
                       "runs": runs, "context_templates": getattr(utils, TEMPLATES, None),
                       "numpy_random": [kind, keys.tolist(), pos, has_gauss, gauss]})
 
@@ -141,6 +144,17 @@ class ChunkState:
         for path in self.folder.iterdir():
             if path.name.endswith(".pt") and path.name not in mine:
                 path.unlink()
+
+    def progress(self) -> dict | None:
+        """``{"method", "done", "total", "seconds"}`` of the saved state: calls (WISE:
+        edits) done, of how many (None for a state saved before that was recorded), editing
+        seconds so far; None without one."""
+        path = self.folder / STATE
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        return {"method": state["method"], "done": state["chunks_done"],
+                "total": state.get("chunks_total"), "seconds": state["seconds"]}
 
     def clear(self) -> None:
         """Remove the state (the row is finished)."""

@@ -24,8 +24,9 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
 appended to the JSON-lines file as soon as it finishes; rows already there with the same
 settings (SHA-256 of the parsed YAML the row runs with) are skipped, so a sweep can be resumed.
-A row stopped part-way (``--max-minutes``, or a kill) keeps its state beside the results
-(``benchmarks/resume.py``), and the same command goes on from it.
+A row stopped part-way (``--max-minutes``, or a kill) keeps its state in ``states/`` beside the
+results (``benchmarks/resume.py``; git tracks it: commit it, and the same command goes on from
+it in a later session, also on another machine).
 
     python benchmarks/run.py --methods locft-bf ft-m --datasets zsre --n 100 --threads 1
     python benchmarks/run.py --model tiny --methods locft-bf ft-m --n 10   # seconds, tests
@@ -43,6 +44,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -319,15 +321,46 @@ def finished(out: Path) -> set:
 STATE_DIR = "LOCFT_STATE_DIR"  # env: where paused rows keep their states and locks
 
 
+def state_root(out: Path) -> Path:
+    """Where chunked rows keep their resumable states: ``$LOCFT_STATE_DIR`` when set, else
+    ``states`` beside ``out``, which git tracks (its ``locks/`` is ignored): a new session may
+    get a new machine, where only what was committed is there (found 2026-12-04: once
+    ``~/.cache`` was kept and the work tree's ignored files were not, the next time neither,
+    and paused rows started over). Commit it when the rows have stopped."""
+    return Path(os.environ[STATE_DIR]) if os.environ.get(STATE_DIR) else out.parent / "states"
+
+
+def _tag(method: str, dataset: str, n: int, model: str, digest: str) -> str:
+    return f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
+
+
 def state_folder(out: Path, method: str, dataset: str, n: int, model: str, digest: str) -> Path:
-    """Where a chunked row keeps its resumable state: ``$LOCFT_STATE_DIR/resume/<tag>`` when
-    that is set, else ``tmp/resume/<tag>`` beside ``out`` (git-ignored). ``session.sh`` sets it
-    to ``states`` beside ``out``, which git tracks: a new session may get a new machine, and
-    only what was committed is there (found 2026-12-04: once ``~/.cache`` was kept and
-    ``benchmarks/results/tmp`` was not, the next time neither; paused rows started over)."""
-    tag = f"{method}_{dataset}_{n}_{model.replace(':', '_').replace('/', '_')}_{digest}"
-    root = Path(os.environ[STATE_DIR]) if os.environ.get(STATE_DIR) else out.parent / "tmp"
-    return root / "resume" / tag
+    """The folder of one chunked row's resumable state: ``resume/<tag>`` under
+    :func:`state_root` (``method``: the row's label)."""
+    return state_root(out) / "resume" / _tag(method, dataset, n, model, digest)
+
+
+def paused(out: Path) -> dict:
+    """``{(label, dataset, n): progress}`` of the rows with a saved state under
+    :func:`state_root` (``resume.ChunkState.progress``: calls or edits done, of how many,
+    editing seconds so far); the row is read back from its folder's name."""
+    pattern = re.compile(r"^(?P<label>.+)_(?P<dataset>{})_(?P<n>\d+)_".format(
+        "|".join(map(re.escape, DATA_FILES))))
+    found = {}
+    root = state_root(out) / "resume"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        match, progress = pattern.match(folder.name), ChunkState(folder).progress()
+        if match and progress:
+            found[(match["label"], match["dataset"], int(match["n"]))] = progress
+    return found
+
+
+def progress_text(progress: dict) -> str:
+    """``"40 of 100 calls, 63 min so far"`` for a :func:`paused` row's progress (WISE counts
+    edits; ROME and FT-M make one call an edit)."""
+    of = f" of {progress['total']}" if progress.get("total") else ""
+    unit = "edits" if progress.get("method") == "wise" else "calls"
+    return f"{progress['done']}{of} {unit}, {progress['seconds'] / 60:.0f} min so far"
 
 
 def lock_path(folder: Path) -> Path:

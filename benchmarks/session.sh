@@ -5,7 +5,7 @@
 # the same row (run.py locks a row
 # while a process runs it), a row that reads another's target vectors or side memory waits
 # for it, a row that cannot pause starts only where it fits, and pausable rows pause in time
-# with their state saved (commit it: see LOCFT_STATE_DIR below): the next session's same
+# with their state saved (commit it: see states below): the next session's same
 # command goes on.
 #
 #   bash benchmarks/session.sh CORE HH:MM EASYEDIT_PY [RESULTS_DIR]
@@ -29,11 +29,10 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-# Paused rows keep their states in $results/states (run.state_folder), which git tracks: a
-# later session may get a new machine (2026-12-04: neither /work nor ~/.cache was kept), so
-# a row spans sessions only through the repository. Commit it when the queues have stopped
+# Paused rows keep their states in $RESULTS_DIR/states (run.state_root), which git tracks: a
+# later session may get a new machine (2026-12-04: neither /work nor ~/.cache was kept), so a
+# row spans sessions only through the repository. Commit it when the queues have stopped
 # (`git add -A benchmarks/results/states`); its locks/ is ignored.
-export LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$results/states}"
 # Shortest work first, and a row that cannot pause while the session still has the time for
 # it: (1) the planned rows that are ready and take at most 2 h (LocFT's, the baselines' N = 100
 # rows once tuned), what RESULTS.md shows; (2) the grids, those whose rows are one call that

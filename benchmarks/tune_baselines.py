@@ -448,8 +448,11 @@ def apply_choice(method: str, path: Path = OUT, yaml_path=None, today=None) -> s
 def still_to_run(path: Path) -> list:
     """Markdown lines naming the grids' rows not in ``path`` yet, each with its expected
     minutes (``minutes_needed``; a row that reads an earlier row's vectors or side memory is
-    counted as the rows like it, once its paying row exists)."""
-    done = load_rows(path)
+    counted as the rows like it, once its paying row exists; a paused row's, ``run.paused``,
+    only for the part it has left)."""
+    import run
+
+    done, stopped = load_rows(path), run.paused(path)
     todo, total, unknown, left_out = [], 0.0, 0, {}
     for method in GRIDS:
         rows = done.get(method, [])
@@ -463,8 +466,12 @@ def still_to_run(path: Path) -> list:
             minutes = minutes_needed(method, overrides, rows, elsewhere, before=before,
                                      others=other_methods_rows(done, method))
             before.append(overrides)
+            progress = stopped.get((label(method, overrides), DEV_DATASET, DEV_N))
+            if minutes is not None and progress and progress["total"]:
+                minutes *= 1 - progress["done"] / progress["total"]
             todo.append(f"`{label(method, overrides)}` "
-                        + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)"))
+                        + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)")
+                        + (f" (paused at {run.progress_text(progress)})" if progress else ""))
             total += minutes or 0.0
             unknown += minutes is None
     skips = ([f"Left out by the rule for methods that follow another's grid (`FOLLOWS`, in "

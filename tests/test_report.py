@@ -189,6 +189,13 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
     text = planned.markdown(rows, dev)
     assert "- wikibigedit N=100 rome: no row yet; ~2.1 h; waits: its tuning grid has 6 of 8 " \
         "rows to run. `" in text
+    # paused at 75 of 100 calls (run.paused): a quarter of the edits are left
+    stopped = {("rome", "wikibigedit", 100): {"method": "rome", "done": 75, "total": 100,
+                                              "seconds": 5400.0}}
+    assert planned.hours_needed("wikibigedit", 100, "rome", rows, dev,
+                                progress=stopped[("rome", "wikibigedit", 100)]) == 0.5 + 5 / 60
+    assert "- wikibigedit N=100 rome: no row yet; ~0.6 h (paused at 75 of 100 calls, 90 min " \
+        "so far); waits: " in planned.markdown(rows, dev, stopped)
     assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time; waits: its " \
         "tuning grid has 8 of 8 rows to run. `" in text
     assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text
@@ -308,7 +315,7 @@ def test_run_ready_starts_what_fits_before_the_deadline(tmp_path, monkeypatch):
     planned = _load("planned")
     calls = []
     monkeypatch.setitem(sys.modules, "run", types.SimpleNamespace(
-        main=lambda argv: calls.append(argv) or []))
+        main=lambda argv: calls.append(argv) or [], paused=lambda out: {}))
     m = planned.MODEL
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in [

@@ -1,4 +1,5 @@
 """Resumable chunked benchmark rows (benchmarks/resume.py) on the tiny model."""
+import json
 import logging
 from pathlib import Path
 import sys
@@ -41,7 +42,8 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
     templates = [["{}"], ["The sky. {}", "A man. {}"]]
     state = resume.ChunkState(tmp_path / "row")
     assert state.load(model, hp, "alphaedit", _method_module()) == (0, 0.0, 0)  # nothing yet
-    state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1)
+    state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1, 10)
+    assert state.progress() == {"method": "alphaedit", "done": 3, "total": 10, "seconds": 120.5}
 
     fresh = _load("common").load("tiny")[0]  # the unedited weights
     mod = _method_module()
@@ -53,7 +55,7 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
     with pytest.raises(ValueError, match="holds a alphaedit state, not memit"):
         state.load(fresh, hp, "memit", mod)
     state.clear()
-    assert not (tmp_path / "row").exists()
+    assert not (tmp_path / "row").exists() and state.progress() is None
 
 
 def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path):
@@ -186,21 +188,46 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
 
 
 def test_states_go_where_locft_state_dir_says(tmp_path, monkeypatch):
-    """A paused row's state and lock lie beside the rows file unless $LOCFT_STATE_DIR names
-    a folder (session.sh: one outside the work tree, which a new session may lay anew)."""
+    """A paused row's state and lock lie in states/ beside the rows file unless
+    $LOCFT_STATE_DIR names another folder."""
     run = _load("run")
     out = tmp_path / "results" / "rows.jsonl"
     tag = "memit@v_lr=0.1_zsre_100_embedded_smollm2-135m_abc_1000_None"
     monkeypatch.delenv(run.STATE_DIR, raising=False)
     beside = run.state_folder(out, "memit@v_lr=0.1", "zsre", 100, "embedded:smollm2-135m",
                               "abc_1000_None")
-    assert beside == tmp_path / "results" / "tmp" / "resume" / tag
-    assert run.lock_path(beside) == tmp_path / "results" / "tmp" / "locks" / (tag + ".lock")
+    assert beside == tmp_path / "results" / "states" / "resume" / tag
+    assert run.lock_path(beside) == tmp_path / "results" / "states" / "locks" / (tag + ".lock")
     monkeypatch.setenv(run.STATE_DIR, str(tmp_path / "kept"))
     kept = run.state_folder(out, "memit@v_lr=0.1", "zsre", 100, "embedded:smollm2-135m",
                             "abc_1000_None")
     assert kept == tmp_path / "kept" / "resume" / tag
     assert run.lock_path(kept) == tmp_path / "kept" / "locks" / (tag + ".lock")
+
+
+def test_paused_rows_are_read_back_from_their_folders(tmp_path, monkeypatch):
+    """run.paused names each row with a saved state by (label, dataset, N), parsed from its
+    folder's name (labels hold underscores and brackets), with its progress; a folder
+    without a state (a row that finished, or never saved) is not paused."""
+    run = _load("run")
+    monkeypatch.delenv(run.STATE_DIR, raising=False)
+    out = tmp_path / "rows.jsonl"
+    assert run.paused(out) == {}
+    for label, dataset, n, done in [("rome@v_num_grad_steps=50", "zsre", 100, 40),
+                                    ("wise", "counterfact", 1000, 120),
+                                    ("memit@layers=[3,4]", "wikibigedit", 100, None)]:
+        folder = run.state_folder(out, label, dataset, n, "embedded:smollm2-135m", "f00_0_1")
+        folder.mkdir(parents=True)
+        if done is not None:
+            (folder / "state.json").write_text(json.dumps(
+                {"method": label.split("@")[0], "chunks_done": done, "seconds": 60.0 * done}))
+    assert run.paused(out) == {
+        ("rome@v_num_grad_steps=50", "zsre", 100): {"method": "rome", "done": 40,
+                                                    "total": None, "seconds": 2400.0},
+        ("wise", "counterfact", 1000): {"method": "wise", "done": 120, "total": None,
+                                        "seconds": 7200.0}}
+    assert run.progress_text(run.paused(out)[("wise", "counterfact", 1000)]) == \
+        "120 edits, 120 min so far"
 
 
 def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
@@ -212,11 +239,11 @@ def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
 
     run = _load("run")
     session = (run.REPO / "benchmarks" / "session.sh").read_text()
-    assert 'LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$results/states}"' in session
+    assert "export LOCFT_STATE_DIR" not in session  # run.state_root's default: states/
     if shutil.which("git") is None or not (run.REPO / ".git").exists():
         pytest.skip("not a git checkout")
     results = run.REPO / "benchmarks" / "results"
-    monkeypatch.setenv(run.STATE_DIR, str(results / "states"))
+    monkeypatch.delenv(run.STATE_DIR, raising=False)
     folder = run.state_folder(results / "edit_quality.jsonl", "rome", "zsre", 100,
                               "embedded:smollm2-135m", "abc")
     check = ["git", "-C", str(run.REPO), "check-ignore", "-q", "--no-index"]

@@ -110,7 +110,7 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     calls = []
     fake = types.SimpleNamespace(
         baselines=types.SimpleNamespace(easyedit_available=lambda python: None),
-        main=lambda argv: calls.append(argv) or [])
+        main=lambda argv: calls.append(argv) or [], paused=lambda out: {})
     monkeypatch.setitem(sys.modules, "run", fake)
     monkeypatch.setattr(tune, "GRIDS", {**tune.GRIDS, "memit": [
         {}, {"mom2_update_weight": 1500}, {"mom2_update_weight": 50000}, {"v_lr": 0.1}]})
@@ -205,6 +205,22 @@ def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tm
     assert tune.report(path).splitlines()[-1] == (
         "Grid rows still to run (4, about 1.8 hours of one core besides 2 with no estimate): "
         "`memit@v_lr=0.1` ~75 min, `memit@mom2_update_weight=500,v_lr=0.1` ~30 min, "
+        "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
+    # a paused row (its state beside the rows, read back from its folder's name) counts the
+    # part it has left: 1 of 4 calls done, so 3/4 of 75 min
+    from test_benchmarks import _load
+
+    run = _load("run")
+    monkeypatch.delenv(run.STATE_DIR, raising=False)
+    folder = run.state_folder(path, "memit@v_lr=0.1", tune.DEV_DATASET, tune.DEV_N,
+                              "embedded:smollm2-135m", "d1g35t_1000_None")
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps(
+        {"method": "memit", "chunks_done": 1, "chunks_total": 4, "seconds": 1200.0}))
+    assert tune.report(path).splitlines()[-1] == (
+        "Grid rows still to run (4, about 1.4 hours of one core besides 2 with no estimate): "
+        "`memit@v_lr=0.1` ~56 min (paused at 1 of 4 calls, 20 min so far), "
+        "`memit@mom2_update_weight=500,v_lr=0.1` ~30 min, "
         "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
 
 
