@@ -364,8 +364,8 @@ def progress_text(progress: dict) -> str:
 
 
 def lock_path(folder: Path) -> Path:
-    """The lock file of the row whose state is kept in ``folder``: ``tmp/locks/<name>.lock``
-    beside ``tmp/resume`` (which holds the states only)."""
+    """The lock file of the row whose state is kept in ``folder``: ``locks/<name>.lock``
+    beside ``resume/`` (which holds the states only) under :func:`state_root`."""
     return folder.parent.parent / "locks" / (folder.name + ".lock")
 
 
