@@ -58,6 +58,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
 import baselines  # noqa: E402  (EasyEdit's methods: FT-M, ROME, MEMIT, AlphaEdit, ...)
 from baselines import NEEDS_EASYEDIT, easyedit_available, easyedit_yaml  # noqa: E402
 from resume import ChunkState, Paused, locft_resumable  # noqa: E402
+from target_cache import STATE_ENV  # noqa: E402
 from common import (DATA_FILES, REPO, TINY, add_set_argument, data_dir, data_path,  # noqa: E402
                     load, parse_sets, tiny_hparams)
 
@@ -318,7 +319,7 @@ def finished(out: Path) -> set:
     return done
 
 
-STATE_DIR = "LOCFT_STATE_DIR"  # env: where paused rows keep their states and locks
+STATE_DIR = STATE_ENV  # env: where paused rows keep their states and locks
 
 
 def state_root(out: Path) -> Path:

@@ -29,10 +29,12 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-# Paused rows keep their states in $RESULTS_DIR/states (run.state_root), which git tracks: a
-# later session may get a new machine (2026-12-04: neither /work nor ~/.cache was kept), so a
-# row spans sessions only through the repository. Commit it when the queues have stopped
-# (`git add -A benchmarks/results/states`); its locks/ is ignored.
+# What a later session goes on from lies in $RESULTS_DIR/states, which git tracks: paused
+# rows' states (run.state_root), the target vectors and side memories later rows read
+# (target_cache.kept). A later session may get a new machine (2026-12-04: neither /work nor
+# ~/.cache was kept), so this work spans sessions only through the repository. Commit it
+# when the queues have stopped (`git add -A benchmarks/results/states`); its locks/ is ignored.
+export LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$results/states}"
 # Shortest work first, and a row that cannot pause while the session still has the time for
 # it: (1) the planned rows that are ready and take at most 2 h (LocFT's, the baselines' N = 100
 # rows once tuned), what RESULTS.md shows; (2) the grids, those whose rows are one call that

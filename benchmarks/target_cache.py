@@ -45,12 +45,28 @@ METHODS = ("memit", "alphaedit")  # the apply functions that take a cache_templa
 Z_AS = {"memit": ("memit", "MEMIT"), "alphaedit": ("memit", "MEMIT")}
 
 
-def root() -> Path:
-    """Where the vectors are kept: ``easyedit_targets`` under the project's cache folder
-    (``locft_easyedit.models.cache_dir``), one sub-folder per key."""
+# env: the folder a benchmark session keeps what a later one goes on from (session.sh:
+# benchmarks/results/states, which git tracks): paused rows' states (run.state_root), and
+# the vectors and side memories later rows read
+STATE_ENV = "LOCFT_STATE_DIR"
+
+
+def kept(name: str) -> Path:
+    """``$LOCFT_STATE_DIR/<name>`` when that is set (a session on a new machine finds there
+    what was committed: found 2026-12-04, neither the work tree's ignored files nor
+    ``~/.cache`` were kept), else ``<name>`` under the project's cache folder
+    (``locft_easyedit.models.cache_dir``)."""
+    import os
+
     from locft_easyedit.models import cache_dir
 
-    return cache_dir() / "easyedit_targets"
+    return Path(os.environ[STATE_ENV]) / name if os.environ.get(STATE_ENV) else cache_dir() / name
+
+
+def root() -> Path:
+    """Where the vectors are kept: ``easyedit_targets`` (:func:`kept`; ~2 KB a vector), one
+    sub-folder per key."""
+    return kept("easyedit_targets")
 
 
 def holds_any(folder: Path) -> bool:

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/target_cache.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
 
-from target_cache import model_fingerprint  # noqa: E402
+from target_cache import kept, model_fingerprint  # noqa: E402
 
 INFERENCE_ONLY = frozenset({"act_ratio"})  # read by WISEAdapter.forward out of editing only
 RUN_LOCAL = frozenset({"load_path", "model_name"})
@@ -40,11 +40,9 @@ NUMPY_SEED = 0
 
 
 def root() -> Path:
-    """Where the trained side memories are kept: ``wise_memories`` under the project's cache
-    folder (``locft_easyedit.models.cache_dir``), one sub-folder per key."""
-    from locft_easyedit.models import cache_dir
-
-    return cache_dir() / "wise_memories"
+    """Where the trained side memories are kept: ``wise_memories`` (``target_cache.kept``),
+    one sub-folder per key."""
+    return kept("wise_memories")
 
 
 def settings_for_training(hp) -> dict:

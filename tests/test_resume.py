@@ -231,15 +231,16 @@ def test_paused_rows_are_read_back_from_their_folders(tmp_path, monkeypatch):
 
 
 def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
-    """session.sh keeps paused rows' states in benchmarks/results/states, which git tracks
-    (a later session may get a new machine: only the repository goes on), and its locks/
-    (which mean nothing past the process holding them) is ignored."""
+    """session.sh keeps paused rows' states, target vectors and side memories in
+    benchmarks/results/states, which git tracks (a later session may get a new machine: only
+    the repository goes on), and its locks/ (which mean nothing past the process holding
+    them) is ignored."""
     import shutil
     import subprocess
 
     run = _load("run")
     session = (run.REPO / "benchmarks" / "session.sh").read_text()
-    assert "export LOCFT_STATE_DIR" not in session  # run.state_root's default: states/
+    assert 'export LOCFT_STATE_DIR="${LOCFT_STATE_DIR:-$results/states}"' in session
     if shutil.which("git") is None or not (run.REPO / ".git").exists():
         pytest.skip("not a git checkout")
     results = run.REPO / "benchmarks" / "results"
@@ -249,6 +250,11 @@ def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
     check = ["git", "-C", str(run.REPO), "check-ignore", "-q", "--no-index"]
     assert subprocess.run(check + [str(folder / "weights-3.pt")]).returncode == 1  # tracked
     assert subprocess.run(check + [str(run.lock_path(folder))]).returncode == 0  # ignored
+    monkeypatch.setenv(run.STATE_DIR, str(results / "states"))  # as session.sh sets it
+    target_cache, wise_cache = _load("target_cache"), _load("wise_cache")
+    for kept in (target_cache.root() / "k3y" / "v.npz", wise_cache.root() / "k3y" / "state.json"):
+        assert kept.is_relative_to(results / "states")
+        assert subprocess.run(check + [str(kept)]).returncode == 1  # tracked
 
 
 def test_a_row_another_process_is_running_is_skipped(tmp_path, monkeypatch, caplog):
