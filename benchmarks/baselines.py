@@ -316,7 +316,7 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
                 for i, r in enumerate(requests)]
     fields = {"wise_loc_prompts": f"ZsRE records {WISE_LOC_RECORDS[0]}-"
                                   f"{WISE_LOC_RECORDS[1] - 1} NQ question + answer"}
-    cache = (ChunkState(wise_cache.folder(wise_cache.root(), hp, model, requests))
+    cache = (ChunkState(wise_cache.folder(wise_cache.root(), hp, model, tok, requests))
              if reuse_memory else None)
     if cache is not None and wise_cache.complete(cache, len(requests)):
         _load_wise(wise, model, hp, cache.load_wise(utils)[3])

@@ -16,7 +16,8 @@ depends on, so a vector is only ever reused where it would be recomputed bit for
 * every setting except :data:`Z_FREE` (those ``compute_z`` never reads);
 * the model's weights as the call finds them (a SHA-256 of every parameter's bytes: a later
   chunk, after earlier edits, gets a folder of its own);
-* the context templates (generated before the key, as the call would) and padding side;
+* the context templates (generated before the key, as the call would), the tokenizer
+  (:func:`tokenizer_fingerprint`) and its padding side;
 
 and ``case_id`` is a SHA-256 of the whole request. The tuning grid and the planned MEMIT /
 AlphaEdit rows turn it on (``run.py --reuse-targets``; ``planned.py``: the ZsRE N = 100 row and
@@ -87,6 +88,17 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def tokenizer_fingerprint(tok) -> str:
+    """SHA-256 of what the tokenizer does: its class, special tokens and, for a fast one, its
+    whole definition (vocabulary, merges, normalizer, pre-tokenizer), else its vocabulary. The
+    same weights with another tokenizer give other vectors (found 2026-12-04: a wrongly
+    converted tokenizer of the embedded model, ``locft_easyedit.models.tokenizer_problem``)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else sorted(tok.get_vocab().items())
+    return hashlib.sha256(json.dumps([type(tok).__name__, tok.all_special_tokens, body],
+                                     default=str).encode()).hexdigest()
+
+
 def settings_for_z(hp) -> dict:
     """The method's settings that ``compute_z`` may read (all but :data:`Z_FREE`)."""
     return {k: v for k, v in sorted(dataclasses.asdict(hp).items()) if k not in Z_FREE}
@@ -110,7 +122,7 @@ def prepare(root: Path, method: str, module, model, tok, hp, requests: list) -> 
     key = hashlib.sha256(json.dumps({
         "method": as_method, "settings": {**settings_for_z(hp), "alg_name": as_alg},
         "model": model_fingerprint(model), "templates": templates,
-        "padding_side": tok.padding_side,
+        "tokenizer": tokenizer_fingerprint(tok), "padding_side": tok.padding_side,
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]
     folder = Path(root) / key
     template = str(folder / "z_layer{}_clamp{}_{}.npz")

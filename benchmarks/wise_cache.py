@@ -13,7 +13,8 @@ into a folder named by a SHA-256 of everything the training depends on:
 * every setting but :data:`INFERENCE_ONLY`, and but :data:`RUN_LOCAL` (the run's own resume
   checkpoint; the model folder's path, for which the weights stand);
 * ``sequential_edit`` (set on the hparams object at run time, not a field);
-* the model's weights before editing (``target_cache.model_fingerprint``);
+* the model's weights before editing (``target_cache.model_fingerprint``) and its tokenizer
+  (``target_cache.tokenizer_fingerprint``);
 * every request as WISE gets it, with its ``loc_prompt``, in order;
 * numpy's seed (WISE draws its weight masks with numpy).
 
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # benchmarks/target_cache.py, also when loaded from a file
     sys.path.insert(0, str(HERE))
 
-from target_cache import kept, model_fingerprint  # noqa: E402
+from target_cache import kept, model_fingerprint, tokenizer_fingerprint  # noqa: E402
 
 INFERENCE_ONLY = frozenset({"act_ratio"})  # read by WISEAdapter.forward out of editing only
 RUN_LOCAL = frozenset({"load_path", "model_name"})
@@ -53,11 +54,12 @@ def settings_for_training(hp) -> dict:
     return out
 
 
-def folder(root: Path, hp, model, requests: list) -> Path:
+def folder(root: Path, hp, model, tok, requests: list) -> Path:
     """Where the side memory trained by this row's settings on ``requests`` is kept."""
     key = hashlib.sha256(json.dumps({
         "method": "wise", "settings": settings_for_training(hp),
-        "model": model_fingerprint(model), "requests": requests, "numpy_seed": NUMPY_SEED,
+        "model": model_fingerprint(model), "tokenizer": tokenizer_fingerprint(tok),
+        "requests": requests, "numpy_seed": NUMPY_SEED,
     }, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return Path(root) / key
 

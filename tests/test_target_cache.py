@@ -1,4 +1,5 @@
 """Target vectors shared between tuning rows (benchmarks/target_cache.py)."""
+import copy
 import dataclasses
 import sys
 import types
@@ -52,8 +53,15 @@ def _requests():
             {"prompt": "{} plays", "subject": "Messi", "target_new": {"str": "tennis"}}]
 
 
-def test_the_folder_moves_with_what_z_depends_on_and_only_that(tc, tiny_model, tmp_path):
-    tok = types.SimpleNamespace(padding_side="right")
+def _right_padded(tok):
+    tok = copy.deepcopy(tok)  # the fixture is shared
+    tok.padding_side = "right"
+    return tok
+
+
+def test_the_folder_moves_with_what_z_depends_on_and_only_that(tc, tiny_model, tiny_tok,
+                                                             tmp_path):
+    tok = _right_padded(tiny_tok)
     templates = [["{}"], ["The sky. {}"]]
 
     def folder(hp=None, mod=None, reqs=None):
@@ -69,6 +77,10 @@ def test_the_folder_moves_with_what_z_depends_on_and_only_that(tc, tiny_model, t
     assert folder(_HP(v_lr=0.1))[0] != base
     assert folder(_HP(layers=[1, 3]))[0] != base
     assert folder(mod=_module([["{}"], ["Another. {}"]]))[0] != base
+    other = copy.deepcopy(tok)  # another tokenizer (one more word), same weights
+    other.add_tokens(["zzqqx"])
+    assert tc.prepare(tmp_path, "memit", _module(templates), tiny_model, other, _HP(),
+                      _requests())[0].rsplit("/", 1)[0] != base
     with torch.no_grad():
         tiny_model.model.layers[0].mlp.down_proj.weight[0, 0] += 1e-3
     assert folder()[0] != base  # an edited model (a later chunk) computes other vectors
@@ -76,10 +88,11 @@ def test_the_folder_moves_with_what_z_depends_on_and_only_that(tc, tiny_model, t
         tc.prepare(tmp_path, "rome", _module(templates), tiny_model, tok, _HP(), _requests())
 
 
-def test_alphaedit_reads_memits_vectors_for_the_same_z_settings(tc, tiny_model, tmp_path):
+def test_alphaedit_reads_memits_vectors_for_the_same_z_settings(tc, tiny_model, tiny_tok,
+                                                                tmp_path):
     """AlphaEdit's compute_z is MEMIT's (``Z_AS``): with the same z settings both name the
     same folder; AlphaEdit's own settings (null space, L2) do not move it, its v_* do."""
-    tok = types.SimpleNamespace(padding_side="right")
+    tok = _right_padded(tiny_tok)
     mod = _module([["{}"], ["The sky. {}"]])
 
     def folder(method, hp):
@@ -92,8 +105,9 @@ def test_alphaedit_reads_memits_vectors_for_the_same_z_settings(tc, tiny_model, 
     assert folder("alphaedit", _AlphaHP(v_lr=0.1)) != memit
 
 
-def test_case_ids_name_the_whole_request_and_hits_are_counted(tc, tiny_model, tmp_path):
-    tok = types.SimpleNamespace(padding_side="right")
+def test_case_ids_name_the_whole_request_and_hits_are_counted(tc, tiny_model, tiny_tok,
+                                                              tmp_path):
+    tok = _right_padded(tiny_tok)
     mod = _module([["{}"]])
     reqs = _requests()
     template, hits = tc.prepare(tmp_path, "memit", mod, tiny_model, tok, _HP(), reqs)

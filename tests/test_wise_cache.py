@@ -29,9 +29,10 @@ def _requests(loc="Who wrote Hamlet? Shakespeare"):
     return [{"prompt": "The capital of France is", "target_new": "Rome", "loc_prompt": loc}]
 
 
-def test_the_folder_moves_with_what_training_reads_and_only_that(wc, tiny_model, tmp_path):
-    def folder(hp=None, reqs=None, model=tiny_model):
-        return wc.folder(tmp_path, hp or _HP(), model, reqs or _requests())
+def test_the_folder_moves_with_what_training_reads_and_only_that(wc, tiny_model, tiny_tok,
+                                                                tmp_path):
+    def folder(hp=None, reqs=None, model=tiny_model, tok=tiny_tok):
+        return wc.folder(tmp_path, hp or _HP(), model, tok, reqs or _requests())
 
     base = folder()
     assert base.parent == tmp_path and base == folder()
@@ -44,6 +45,9 @@ def test_the_folder_moves_with_what_training_reads_and_only_that(wc, tiny_model,
     sequential = _HP()
     sequential.sequential_edit = True
     assert folder(sequential) != base
+    other = __import__("copy").deepcopy(tiny_tok)  # another tokenizer, same weights
+    other.add_tokens(["zzqqx"])
+    assert folder(tok=other) != base
     with __import__("torch").no_grad():
         next(tiny_model.parameters())[0, 0] += 1.0
     assert folder() != base
