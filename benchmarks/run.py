@@ -58,7 +58,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
 import baselines  # noqa: E402  (EasyEdit's methods: FT-M, ROME, MEMIT, AlphaEdit, ...)
 from baselines import NEEDS_EASYEDIT, easyedit_available, easyedit_yaml  # noqa: E402
 from resume import ChunkState, Paused, locft_resumable  # noqa: E402
-from target_cache import STATE_ENV  # noqa: E402
+from target_cache import STATE_ENV, tokenizer_fingerprint  # noqa: E402
 from common import (DATA_FILES, REPO, TINY, add_set_argument, data_dir, data_path,  # noqa: E402
                     load, parse_sets, tiny_hparams)
 
@@ -257,6 +257,8 @@ def run_one(args) -> dict:
                "peak_rss_mb_with_capability":
                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
+            # which tokenizer the row ran with (a wrongly converted one broke two rows once)
+            "tokenizer_sha256": tokenizer_fingerprint(tok)[:12],
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
             **({"seed": args.seed} if args.seed is not None else {}),

@@ -230,6 +230,8 @@ def test_label_offset_and_overrides_make_their_own_row(rows):
     shipped = str(REPO / "hparams" / "smollm2-135m.yaml")
     assert row["settings_sha256"] == run.settings_digest("locft-bf", shipped, {"num_epochs": 5})
     assert row["settings_sha256"] != got[0]["settings_sha256"]
+    tiny_tok = _load("common").load("tiny")[1]
+    assert row["tokenizer_sha256"] == run.tokenizer_fingerprint(tiny_tok)[:12]
     dev = run.requests_for("zsre", 4, 1000)
     assert [a["prompt"] for a in row["answers_sample"]] == [r["prompt"] for r in dev]
     assert dev[0]["prompt"] != run.requests_for("zsre", 1)[0]["prompt"]
