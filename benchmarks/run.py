@@ -206,6 +206,8 @@ def run_one(args) -> dict:
         args.overrides = {**args.overrides, "seed": args.seed}
     requests = requests_for(dataset, n, args.offset)  # data problems surface before the model
     model, tok, model_dir = load(args.model)
+    # which tokenizer the row ran with, as loaded (a wrongly converted one broke two rows once)
+    tok_sha = tokenizer_fingerprint(tok)[:12]
     out = Path(args.out).resolve()
     tasks = args.lm_eval_tasks or None
     # dev rows (--no-capability) choose by edit scores alone: no lm-eval pass
@@ -257,8 +259,7 @@ def run_one(args) -> dict:
                "peak_rss_mb_with_capability":
                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
-            # which tokenizer the row ran with (a wrongly converted one broke two rows once)
-            "tokenizer_sha256": tokenizer_fingerprint(tok)[:12],
+            "tokenizer_sha256": tok_sha,
             **({"base_method": method} if args.label else {}),
             **({"offset": args.offset} if args.offset else {}),
             **({"seed": args.seed} if args.seed is not None else {}),
