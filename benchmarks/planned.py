@@ -145,8 +145,9 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
     if spe is None:
         return None
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
-    left = 1 - progress["done"] / progress["total"] if progress and progress["total"] else 1
-    return runs * (spe * n * left / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+    from resume import part_left
+
+    return runs * (spe * n * part_left(progress) / 3600 + AFTER_MINUTES.get(n, 35) / 60)
 
 
 def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):

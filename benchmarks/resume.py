@@ -164,6 +164,12 @@ class ChunkState:
             self.folder.rmdir()
 
 
+def part_left(progress) -> float:
+    """The share of a paused row's calls still to make, from its
+    :meth:`ChunkState.progress`: 1 with none, or with one whose total was not recorded."""
+    return 1 - progress["done"] / progress["total"] if progress and progress["total"] else 1.0
+
+
 def locft_resumable(hp, folder, method: str) -> tuple:
     """A LocFT row's settings with its checkpoints in ``folder`` (``LOCFT_CHECKPOINT``; LocFT
     refuses a checkpoint of other settings or edits), and the row fields of a resumed run:

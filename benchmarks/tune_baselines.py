@@ -451,6 +451,7 @@ def still_to_run(path: Path) -> list:
     counted as the rows like it, once its paying row exists; a paused row's, ``run.paused``,
     only for the part it has left)."""
     import run
+    from resume import part_left
 
     done, stopped = load_rows(path), run.paused(path)
     todo, total, unknown, left_out = [], 0.0, 0, {}
@@ -467,8 +468,8 @@ def still_to_run(path: Path) -> list:
                                      others=other_methods_rows(done, method))
             before.append(overrides)
             progress = stopped.get((label(method, overrides), DEV_DATASET, DEV_N))
-            if minutes is not None and progress and progress["total"]:
-                minutes *= 1 - progress["done"] / progress["total"]
+            if minutes is not None:
+                minutes *= part_left(progress)
             todo.append(f"`{label(method, overrides)}` "
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)")
                         + (f" (paused at {run.progress_text(progress)})" if progress else ""))
