@@ -140,13 +140,14 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
     """Estimated hours of one core for the row: :func:`seconds_per_edit` times ``n`` per
     seed still to run (``seeds``; default: all of its planned seeds), plus ``AFTER_MINUTES``
     per run; None with nothing to go by. ``progress`` (``run.paused``: the row is paused):
-    only the edits it has left."""
+    only the edits it has left, at the row's own pace so far when nothing else estimates it."""
+    from resume import part_left, seconds_left
+
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
     if spe is None:
-        return None
+        own = seconds_left(progress)  # a paused row: its own pace so far
+        return None if own is None else own / 3600 + AFTER_MINUTES.get(n, 35) / 60
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
-    from resume import part_left
-
     return runs * (spe * n * part_left(progress) / 3600 + AFTER_MINUTES.get(n, 35) / 60)
 
 

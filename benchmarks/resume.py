@@ -170,6 +170,15 @@ def part_left(progress) -> float:
     return 1 - progress["done"] / progress["total"] if progress and progress["total"] else 1.0
 
 
+def seconds_left(progress):
+    """Editing seconds a paused row still needs at its own pace so far (its seconds per call
+    times the calls left), for a row nothing else estimates (no finished row of its method);
+    None without a call done or a recorded total."""
+    if not progress or not progress["done"] or not progress["total"]:
+        return None
+    return progress["seconds"] / progress["done"] * (progress["total"] - progress["done"])
+
+
 def locft_resumable(hp, folder, method: str) -> tuple:
     """A LocFT row's settings with its checkpoints in ``folder`` (``LOCFT_CHECKPOINT``; LocFT
     refuses a checkpoint of other settings or edits), and the row fields of a resumed run:

@@ -449,9 +449,9 @@ def still_to_run(path: Path) -> list:
     """Markdown lines naming the grids' rows not in ``path`` yet, each with its expected
     minutes (``minutes_needed``; a row that reads an earlier row's vectors or side memory is
     counted as the rows like it, once its paying row exists; a paused row's, ``run.paused``,
-    only for the part it has left)."""
+    only for the part it has left, at its own pace so far when no finished row estimates it)."""
     import run
-    from resume import part_left
+    from resume import part_left, seconds_left
 
     done, stopped = load_rows(path), run.paused(path)
     todo, total, unknown, left_out = [], 0.0, 0, {}
@@ -470,6 +470,8 @@ def still_to_run(path: Path) -> list:
             progress = stopped.get((label(method, overrides), DEV_DATASET, DEV_N))
             if minutes is not None:
                 minutes *= part_left(progress)
+            elif seconds_left(progress) is not None:  # nothing else to go by: its own pace
+                minutes = seconds_left(progress) / 60 + MARGIN_MINUTES
             todo.append(f"`{label(method, overrides)}` "
                         + (f"~{minutes:.0f} min" if minutes is not None else "(no estimate)")
                         + (f" (paused at {run.progress_text(progress)})" if progress else ""))

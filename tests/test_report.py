@@ -198,6 +198,13 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
         "so far); waits: " in planned.markdown(rows, dev, stopped)
     assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time; waits: its " \
         "tuning grid has 8 of 8 rows to run. `" in text
+    # a paused row with no other row to go by: its own pace so far (30 of 100 calls in
+    # 35 min: 70 calls at 70 s) plus the time after editing
+    paused = {"method": "alphaedit", "done": 30, "total": 100, "seconds": 2100.0}
+    assert planned.hours_needed("zsre", 100, "alphaedit", rows, dev, progress=paused) == \
+        70 * 70 / 3600 + 5 / 60
+    assert planned.hours_needed("zsre", 100, "alphaedit", rows, dev,
+                                progress=dict(paused, total=None)) is None
     assert text.splitlines()[-1].startswith("About ") and "rows with no estimate." in text
 
 

@@ -44,6 +44,10 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
     assert state.load(model, hp, "alphaedit", _method_module()) == (0, 0.0, 0)  # nothing yet
     state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1, 10)
     assert state.progress() == {"method": "alphaedit", "done": 3, "total": 10, "seconds": 120.5}
+    assert resume.part_left(state.progress()) == 0.7
+    assert resume.seconds_left(state.progress()) == 120.5 / 3 * 7  # at its own pace
+    assert resume.seconds_left(dict(state.progress(), total=None)) is None
+    assert resume.seconds_left(dict(state.progress(), done=0)) is None
 
     fresh = _load("common").load("tiny")[0]  # the unedited weights
     mod = _method_module()
