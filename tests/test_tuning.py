@@ -212,28 +212,25 @@ def test_the_report_lists_the_grid_rows_still_to_run_with_their_minutes(tune, tm
 
     run = _load("run")
     monkeypatch.delenv(run.STATE_DIR, raising=False)
-    folder = run.state_folder(path, "memit@v_lr=0.1", tune.DEV_DATASET, tune.DEV_N,
-                              "embedded:smollm2-135m", "d1g35t_1000_None")
-    folder.mkdir(parents=True)
-    (folder / "state.json").write_text(json.dumps(
-        {"method": "memit", "chunks_done": 1, "chunks_total": 4, "seconds": 1200.0}))
-    assert tune.report(path).splitlines()[-1] == (
-        "Grid rows still to run (4, about 1.4 hours of one core besides 2 with no estimate): "
-        "`memit@v_lr=0.1` ~56 min (paused at 1 of 4 calls, 20 min so far), "
+
+    def pause(name, method, done, total, seconds):
+        folder = run.state_folder(path, name, tune.DEV_DATASET, tune.DEV_N,
+                                  "embedded:smollm2-135m", "d1g35t_1000_None")
+        folder.mkdir(parents=True)
+        (folder / "state.json").write_text(json.dumps(
+            {"method": method, "chunks_done": done, "chunks_total": total, "seconds": seconds}))
+        return tune.report(path).splitlines()[-1]
+
+    paused_memit = "`memit@v_lr=0.1` ~56 min (paused at 1 of 4 calls, 20 min so far), " \
         "`memit@mom2_update_weight=500,v_lr=0.1` ~30 min, "
-        "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
+    assert pause("memit@v_lr=0.1", "memit", 1, 4, 1200.0) == (
+        "Grid rows still to run (4, about 1.4 hours of one core besides 2 with no estimate): "
+        + paused_memit + "`wise@yaml` (no estimate), `wise@act_ratio=0.7` (no estimate).")
     # a paused row with no finished row of its method to go by: its own pace so far
     # (20 of 100 edits in 10 min: 40 min for the 80 left) plus the 15-minute margin
-    folder = run.state_folder(path, tune.label("wise", {}), tune.DEV_DATASET, tune.DEV_N,
-                              "embedded:smollm2-135m", "w1s3_1000_None")
-    folder.mkdir(parents=True)
-    (folder / "state.json").write_text(json.dumps(
-        {"method": "wise", "chunks_done": 20, "chunks_total": 100, "seconds": 600.0}))
-    assert tune.report(path).splitlines()[-1] == (
+    assert pause(tune.label("wise", {}), "wise", 20, 100, 600.0) == (
         "Grid rows still to run (4, about 2.4 hours of one core besides 1 with no estimate): "
-        "`memit@v_lr=0.1` ~56 min (paused at 1 of 4 calls, 20 min so far), "
-        "`memit@mom2_update_weight=500,v_lr=0.1` ~30 min, "
-        "`wise@yaml` ~55 min (paused at 20 of 100 edits, 10 min so far), "
+        + paused_memit + "`wise@yaml` ~55 min (paused at 20 of 100 edits, 10 min so far), "
         "`wise@act_ratio=0.7` (no estimate).")
 
 
