@@ -11,6 +11,28 @@ def tune():
     return _load("tune_baselines")
 
 
+# AlphaEdit's z settings before its grid chose MEMIT's (tune_baselines --apply, 2026-12-04)
+ALPHAEDIT_UNTUNED = {"clamp_norm_factor": 0.75, "v_lr": 0.1, "v_weight_decay": 0.5}
+
+
+@pytest.fixture
+def untuned_alphaedit(tune, tmp_path, monkeypatch):
+    """AlphaEdit's shipped YAML with its z settings as they were before tuning, in place of
+    the shipped one for every reader (``baselines.easyedit_yaml``): the cases below need an
+    AlphaEdit YAML whose target vectors differ from MEMIT's YAML's, which ``--apply`` may undo
+    in the shipped file (it did: the chosen row has MEMIT's z settings)."""
+    import yaml
+
+    import baselines  # on sys.path once tune_baselines is loaded
+
+    shipped = baselines.easyedit_yaml
+    cfg = {**yaml.safe_load(shipped("alphaedit").read_text()), **ALPHAEDIT_UNTUNED}
+    path = tmp_path / "alphaedit_smollm2-135m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(baselines, "easyedit_yaml",
+                        lambda method: path if method == "alphaedit" else shipped(method))
+
+
 def _row(method, overrides, rel, gen, loc, spe, offset=1000, n=100):
     return {"method": method, "base_method": method.split("@")[0], "overrides": overrides,
             "offset": offset, "n": n, "reliability": rel, "generalization": gen,
@@ -78,7 +100,8 @@ def test_every_grid_starts_from_the_shipped_yaml_and_names_real_keys(tune):
             assert set(overrides) <= set(shipped), (method, overrides)
 
 
-def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, monkeypatch):
+def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, monkeypatch,
+                                                            untuned_alphaedit):
     """--until: a one-call MEMIT row starts only if its like rows' longest editing + 15 min
     fits (a row reading the YAML row's vectors is like the rows that read them); WISE rows
     (they pause) get --max-minutes 15 min short of it."""
@@ -138,7 +161,8 @@ def test_a_row_that_cannot_finish_before_until_is_not_started(tune, tmp_path, mo
     assert all(28 < m <= 30 for m in wise_minutes)
 
 
-def test_an_alphaedit_row_with_memits_z_settings_is_timed_as_one_reading_its_vectors(tune):
+def test_an_alphaedit_row_with_memits_z_settings_is_timed_as_one_reading_its_vectors(
+        tune, untuned_alphaedit):
     """AlphaEdit's compute_z is MEMIT's (target_cache.Z_AS): its row with the z settings of
     MEMIT's YAML reads the MEMIT YAML row's vectors, so --until times it like the rows that
     read vectors (its own, else MEMIT's), not like one that computes them."""
