@@ -365,8 +365,8 @@ def test_apply_writes_the_choice_into_a_copy_of_the_yaml(tune, tmp_path):
             # a grid value the shipped YAML does not hold (it holds the chosen 1500 now)
             ("memit", {"mom2_update_weight": 500}, "mom2_update_weight",
              "mom2_update_weight: 500"),
-            ("wise", {"act_margin": [10.0, 100.0, 50.0]}, "act_margin",
-             "act_margin: [10.0, 100.0, 50.0]  # alpha, beta, gamma")):
+            # (its act_margin [10, 100, 50] and act_ratio 0.7 are the chosen ones now)
+            ("wise", {"n_iter": 15}, "n_iter", "n_iter: 15")):
         shipped = REPO / "benchmarks" / "easyedit_hparams" / f"{method}_smollm2-135m.yaml"
         copy = tmp_path / shipped.name
         copy.write_text(shipped.read_text())
