@@ -120,7 +120,7 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, me
             "--threads", "1", "--python", sys.executable] + sets
     paused = tmp_path / "paused.jsonl"
     assert run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"]) == []
-    (state,) = (tmp_path / "tmp" / "resume").iterdir()
+    (state,) = (run.state_root(paused) / "resume").iterdir()
     assert json.loads((state / "state.json").read_text())["chunks_done"] == 10
     if sets:  # the paused WISE holds one merged shard (edits 1-8); edits 9-10 are training
         import torch
