@@ -54,6 +54,10 @@ MARGIN_MINUTES = 15.0  # --until: what is left for the session's last checks
 # minutes a row spends after its editing (scoring, generation, lm-eval's capability pass, one
 # thread): ~35 at N = 1,000 (the rows of 2026-12-03), a few at N = 100
 AFTER_MINUTES = {100: 5, 1000: 35}
+# a paused row that has edited this long is timed at its own pace (the machine and settings it
+# runs on now) rather than from the method's other rows: WISE's dev rows ran at 31-68 s/edit
+# under varying load, the ZsRE N = 1,000 row at 30 s/edit
+OWN_PACE_SECONDS = 1800.0
 # a row of an older capability.PROTOCOL (1) measured its peak memory with lm-eval's pass at 16
 # documents a forward (~3 GB of logits): its peak MB is not comparable, and as a seed it would
 # be averaged with rows that stop before the pass (LocFT-BF's ZsRE N = 100 seeds: 7763 MB vs
@@ -140,14 +144,17 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
     """Estimated hours of one core for the row: :func:`seconds_per_edit` times ``n`` per
     seed still to run (``seeds``; default: all of its planned seeds), plus ``AFTER_MINUTES``
     per run; None with nothing to go by. ``progress`` (``run.paused``: the row is paused):
-    only the edits it has left, at the row's own pace so far when nothing else estimates it."""
+    only the edits it has left, at the row's own pace so far when nothing else estimates it
+    or it has edited for ``OWN_PACE_SECONDS``."""
     from resume import part_left, seconds_left
 
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
-    if spe is None:
-        own = seconds_left(progress)  # a paused row: its own pace so far
-        return None if own is None else own / 3600 + AFTER_MINUTES.get(n, 35) / 60
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
+    own = seconds_left(progress)  # a paused row: its own pace so far
+    if own is not None and (spe is None or runs == 1 and progress["seconds"] >= OWN_PACE_SECONDS):
+        return own / 3600 + AFTER_MINUTES.get(n, 35) / 60
+    if spe is None:
+        return None
     return runs * (spe * n * part_left(progress) / 3600 + AFTER_MINUTES.get(n, 35) / 60)
 
 

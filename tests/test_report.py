@@ -196,6 +196,13 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
                                 progress=stopped[("rome", "wikibigedit", 100)]) == 0.5 + 5 / 60
     assert "- wikibigedit N=100 rome: no row yet; ~0.6 h (paused at 75 of 100 calls, 90 min " \
         "so far); waits: " in planned.markdown(rows, dev, stopped)
+    # a row that has edited for OWN_PACE_SECONDS goes at its own pace (here 36 s/call, half the
+    # slowest dev row's 72): 50 calls left of 100
+    brisk = {"method": "rome", "done": 50, "total": 100, "seconds": 1800.0}
+    assert planned.hours_needed("wikibigedit", 100, "rome", rows, dev, progress=brisk) \
+        == 0.5 + 5 / 60
+    assert planned.hours_needed("wikibigedit", 100, "rome", rows, dev,
+                                progress=dict(brisk, seconds=1799.0)) == 1 + 5 / 60
     assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time; waits: its " \
         "tuning grid has 8 of 8 rows to run. `" in text
     # a paused row with no other row to go by: its own pace so far (30 of 100 calls in
