@@ -17,6 +17,22 @@ SHARED_DATA = Path(os.environ.get("LOCFT_SHARED_DATA", REPO.parent / "shared" / 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``easyedit`` run against the real EasyEdit: skipped, saying so, where it is
+    not importable (CI has none). Run all of them, and only them, under the EasyEdit venv:
+    ``$EASYEDIT_PY -m pytest -m easyedit`` (benchmarks/EASYEDIT.md)."""
+    from locft_easyedit.easyedit import easyedit_available
+
+    if easyedit_available():
+        return
+    skip = pytest.mark.skip(reason="EasyEdit (easyeditor) is not importable here (CI has none): "
+                                   "run `$EASYEDIT_PY -m pytest -m easyedit` with the EasyEdit "
+                                   "virtual environment (benchmarks/EASYEDIT.md)")
+    for item in items:
+        if item.get_closest_marker("easyedit"):
+            item.add_marker(skip)
+
+
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.is_file():

@@ -1,8 +1,8 @@
 """The EasyEdit adapter (locft_easyedit/easyedit.py).
 
-Tests marked ``needs_easyedit`` run against the real EasyEdit (run them with the EasyEdit
-virtual environment: ``/work/venvs/easyedit/bin/python -m pytest tests/test_easyedit.py``);
-the others run everywhere, CI included.
+Tests marked ``easyedit`` run against the real EasyEdit (run every such test of the suite with
+the EasyEdit virtual environment: ``$EASYEDIT_PY -m pytest -m easyedit``); the others run
+everywhere, CI included.
 """
 from __future__ import annotations
 
@@ -23,12 +23,6 @@ HPARAMS = REPO / "hparams" / "smollm2-135m.yaml"
 # the tensor the shipped YAML trains
 TRAINED = "model.layers.{}.mlp.down_proj.weight".format(
     LocFTHyperParams.from_hparams(HPARAMS).layers[0])
-
-needs_easyedit = pytest.mark.skipif(
-    not ee.easyedit_available(),
-    reason="EasyEdit (easyeditor) is not installed here (CI has none); run with the EasyEdit "
-           "virtual environment to test against it")
-
 
 # --- without EasyEdit ------------------------------------------------------------------------
 def test_register_is_a_silent_noop_without_easyedit(monkeypatch, caplog):
@@ -93,7 +87,7 @@ def test_batch_edit_kwargs_and_summary(zsre_path):
 
 
 # --- against the real EasyEdit ---------------------------------------------------------------
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 def test_registration_is_idempotent():
     from easyeditor.editors.batch_editor import BatchEditor
     from easyeditor.util.alg_dict import ALG_DICT
@@ -107,7 +101,7 @@ def test_registration_is_idempotent():
     assert not BatchEditor.is_batchable_method("ROME")
 
 
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 @pytest.mark.parametrize("name", ["zsre_2k.json", "counterfact_2k.json"])
 def test_easyedit_loaders_give_the_same_requests(name, zsre_path):
     path = zsre_path.parent / name
@@ -145,7 +139,7 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 def test_batch_edit_is_one_breadth_first_run(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = _snapshot(editor.model)
@@ -162,7 +156,7 @@ def test_batch_edit_is_one_breadth_first_run(editor, requests4, tmp_path, monkey
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 def test_lifelong_edit_scores_on_the_final_model(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = _snapshot(editor.model)
@@ -184,7 +178,7 @@ def test_lifelong_edit_scores_on_the_final_model(editor, requests4, tmp_path, mo
     assert torch.equal(dict(editor.model.named_parameters())[name], before[name])
 
 
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kw = ee.batch_edit_kwargs(requests4[:2])
@@ -204,7 +198,7 @@ def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monke
         restore_weights(editor.model, {name: before[name]})
 
 
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 def test_lifelong_edit_with_replay_trains_each_chunk_with_the_earlier_ones(
         editor, requests4, tmp_path, monkeypatch):
     """replay="all": the second chunk is one breadth-first run over both chunks, from the

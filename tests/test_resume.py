@@ -93,12 +93,7 @@ def test_a_module_the_model_lacks_is_named(resume, tiny_model):
         resume.rewritten(tiny_model, hp)
 
 
-needs_easyedit = pytest.mark.skipif(
-    not __import__("locft_easyedit.easyedit", fromlist=["x"]).easyedit_available(),
-    reason="EasyEdit is not installed here; run with its venv")
-
-
-@needs_easyedit
+@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
 @pytest.mark.parametrize("method,sets", [
     ("ft-m", []), ("rome", []), ("wise", []),
     # WISE's 1,000-edit rows pause past its save_freq 500: here every 4 edits a side memory
