@@ -56,7 +56,9 @@ MARGIN_MINUTES = 15.0  # --until: what is left for the session's last checks
 AFTER_MINUTES = {100: 5, 1000: 35}
 # a paused row that has edited this long is timed at its own pace (the machine and settings it
 # runs on now) rather than from the method's other rows: WISE's dev rows ran at 31-68 s/edit
-# under varying load, the ZsRE N = 1,000 row at 30 s/edit
+# under varying load, the ZsRE N = 1,000 row at 30 s/edit. Not REUSE_TARGETS' rows: their first
+# call may have read its vectors (3 min of MEMIT's ZsRE N = 1,000 row's first 77, calls 2 and 3
+# 37 min each), so their pace so far understates the calls left.
 OWN_PACE_SECONDS = 1800.0
 # a row of an older capability.PROTOCOL (1) measured its peak memory with lm-eval's pass at 16
 # documents a forward (~3 GB of logits): its peak MB is not comparable, and as a seed it would
@@ -145,13 +147,15 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
     seed still to run (``seeds``; default: all of its planned seeds), plus ``AFTER_MINUTES``
     per run; None with nothing to go by. ``progress`` (``run.paused``: the row is paused):
     only the edits it has left, at the row's own pace so far when nothing else estimates it
-    or it has edited for ``OWN_PACE_SECONDS``."""
+    or it has edited for ``OWN_PACE_SECONDS`` (``REUSE_TARGETS``' rows excepted)."""
     from resume import part_left, seconds_left
 
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
     own = seconds_left(progress)  # a paused row: its own pace so far
-    if own is not None and (spe is None or runs == 1 and progress["seconds"] >= OWN_PACE_SECONDS):
+    steady = (runs == 1 and progress and progress["seconds"] >= OWN_PACE_SECONDS
+              and LABELS.get(method, (method,))[0] not in REUSE_TARGETS)
+    if own is not None and (spe is None or steady):
         return own / 3600 + AFTER_MINUTES.get(n, 35) / 60
     if spe is None:
         return None

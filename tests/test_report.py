@@ -203,6 +203,9 @@ def test_hours_still_to_run_come_from_the_methods_earlier_rows():
         == 0.5 + 5 / 60
     assert planned.hours_needed("wikibigedit", 100, "rome", rows, dev,
                                 progress=dict(brisk, seconds=1799.0)) == 1 + 5 / 60
+    # ... but not a row whose first call may have read its target vectors (--reuse-targets)
+    assert planned.hours_needed("counterfact", 100, "memit", rows,
+                                progress=dict(brisk, method="memit")) == 0.25 + 5 / 60
     assert "- zsre N=100 alphaedit: no row yet; no row to estimate its time; waits: its " \
         "tuning grid has 8 of 8 rows to run. `" in text
     # a paused row with no other row to go by: its own pace so far (30 of 100 calls in
