@@ -56,7 +56,7 @@ MARGIN_MINUTES = 15.0  # --until: what is left for the session's last checks
 AFTER_MINUTES = {100: 5, 1000: 35}
 # a paused row that has edited this long is timed at its own pace (the machine and settings it
 # runs on now) rather than from the method's other rows: WISE's dev rows ran at 31-68 s/edit
-# under varying load, the ZsRE N = 1,000 row at 30 s/edit. Not REUSE_TARGETS' rows: their first
+# under varying load, the ZsRE N = 1,000 row at 30-38. Not REUSE_TARGETS' rows: their first
 # call may have read its vectors (3 min of MEMIT's ZsRE N = 1,000 row's first 77, calls 2 and 3
 # 37 min each), so their pace so far understates the calls left.
 OWN_PACE_SECONDS = 1800.0
