@@ -90,6 +90,12 @@ def command(dataset: str, n: int, method: str, seeds=()) -> str:
     return " ".join(command_argv(dataset, n, method, seeds))
 
 
+def base_method(method: str) -> str:
+    """The method ``benchmarks/run.py`` runs for a planned method name (``LABELS``: a labelled
+    variant runs its base method with settings)."""
+    return LABELS.get(method, (method, []))[0]
+
+
 def command_argv(dataset: str, n: int, method: str, seeds=(), easyedit_python=EASYEDIT_PYTHON,
                  python="python", max_minutes=MAX_MINUTES) -> list:
     """The row's command as a list: ``[interpreter, "benchmarks/run.py", options...]``."""
@@ -154,7 +160,7 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
     own = seconds_left(progress)  # a paused row: its own pace so far
     steady = (runs == 1 and progress and progress["seconds"] >= OWN_PACE_SECONDS
-              and LABELS.get(method, (method,))[0] not in REUSE_TARGETS)
+              and base_method(method) not in REUSE_TARGETS)
     if own is not None and (spe is None or steady):
         return own / 3600 + AFTER_MINUTES.get(n, 35) / 60
     if spe is None:
@@ -172,7 +178,7 @@ def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
     mine = [r for r in rows if r.get("model") == MODEL and r.get("method") == method
             and r.get("seconds_per_edit") and not reused(r)]
     here = [r for r in mine if r["dataset"] == dataset]
-    base = LABELS.get(method, (method, []))[0]
+    base = base_method(method)
     paid = [r["seconds_per_edit"] for r in dev_rows
             if base_of(r) == base
             and r.get("seconds_per_edit") and not reused(r)]
@@ -187,7 +193,7 @@ def waits_for_tuning(method: str, dev_rows) -> str | None:
     import tune_baselines as tune
     from baselines import easyedit_yaml
 
-    base = LABELS.get(method, (method, []))[0]
+    base = base_method(method)
     if base not in tune.GRIDS:
         return None
     every = tune.by_method(dev_rows)
@@ -238,7 +244,7 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     for _, (dataset, n, method, why, seeds) in shortest_first(
             still_to_run(rows), rows, read_jsonl(tuning_path), max_hours,
             run.paused(rows_path)):
-        base = LABELS.get(method, (method, []))[0]
+        base = base_method(method)
         if methods and base not in methods and method not in methods:
             continue
         rows, dev_rows = read_jsonl(rows_path), read_jsonl(tuning_path)  # the other core's too
