@@ -87,7 +87,7 @@ def test_batch_edit_kwargs_and_summary(zsre_path):
 
 
 # --- against the real EasyEdit ---------------------------------------------------------------
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_registration_is_idempotent():
     from easyeditor.editors.batch_editor import BatchEditor
     from easyeditor.util.alg_dict import ALG_DICT
@@ -101,7 +101,7 @@ def test_registration_is_idempotent():
     assert not BatchEditor.is_batchable_method("ROME")
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 @pytest.mark.parametrize("name", ["zsre_2k.json", "counterfact_2k.json"])
 def test_easyedit_loaders_give_the_same_requests(name, zsre_path):
     path = zsre_path.parent / name
@@ -139,7 +139,7 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_batch_edit_is_one_breadth_first_run(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = _snapshot(editor.model)
@@ -156,7 +156,7 @@ def test_batch_edit_is_one_breadth_first_run(editor, requests4, tmp_path, monkey
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_lifelong_edit_scores_on_the_final_model(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = _snapshot(editor.model)
@@ -178,7 +178,7 @@ def test_lifelong_edit_scores_on_the_final_model(editor, requests4, tmp_path, mo
     assert torch.equal(dict(editor.model.named_parameters())[name], before[name])
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kw = ee.batch_edit_kwargs(requests4[:2])
@@ -198,7 +198,7 @@ def test_sequential_edit_needs_batch_size_one(editor, requests4, tmp_path, monke
         restore_weights(editor.model, {name: before[name]})
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_lifelong_edit_with_replay_trains_each_chunk_with_the_earlier_ones(
         editor, requests4, tmp_path, monkeypatch):
     """replay="all": the second chunk is one breadth-first run over both chunks, from the

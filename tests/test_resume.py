@@ -93,7 +93,7 @@ def test_a_module_the_model_lacks_is_named(resume, tiny_model):
         resume.rewritten(tiny_model, hp)
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 @pytest.mark.parametrize("method,sets", [
     ("ft-m", []), ("rome", []), ("wise", []),
     # WISE's 1,000-edit rows pause past its save_freq 500: here every 4 edits a side memory

@@ -152,7 +152,7 @@ def test_a_cached_row_breaks_ties_at_the_speed_of_the_row_that_paid(tmp_path):
     assert [tune.speed(r, alpha) for r in alpha] == [52.0, 52.0, 52.0, 47.0]
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_a_row_reading_its_targets_equals_the_row_computing_them(tmp_path, monkeypatch):
     """MEMIT on 4 tiny edits: the row that computes and caches its target vectors, the row
     that reads all 4 of them back, and a row with another mom2_update_weight that reads them
@@ -176,7 +176,7 @@ def test_a_row_reading_its_targets_equals_the_row_computing_them(tmp_path, monke
         run.main(["--model", "tiny", "--methods", "rome", "--reuse-targets"])
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_the_first_call_of_a_longer_row_reads_the_shorter_rows_vectors(tmp_path, monkeypatch):
     """The planned rows (planned.py) run with --reuse-targets: MEMIT's row of 4 edits, then
     its row of 8 in calls of 4, whose first call edits the same records on the unedited model
@@ -193,7 +193,7 @@ def test_the_first_call_of_a_longer_row_reads_the_shorter_rows_vectors(tmp_path,
     assert long["targets_from_cache"] == 4 and long["easyedit_calls"] == 2
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_memit_and_alphaedit_compute_the_same_vectors_bit_for_bit(tmp_path, monkeypatch):
     """The premise of ``target_cache.Z_AS``: EasyEdit's AlphaEdit computes, with MEMIT's z
     settings, the very vectors MEMIT computes (each in a cache of its own here), and an

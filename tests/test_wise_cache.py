@@ -90,7 +90,7 @@ def _one(tmp_path, state, *extra):
 SCORES = ("reliability", "generalization", "locality", "reliability_em", "locality_ci95")
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_a_row_reading_the_side_memory_equals_the_row_training_it(tmp_path, monkeypatch):
     """WISE on 6 tiny edits: the row that trains and keeps its side memory, a row that reads
     it back, and a row of another act_ratio that reads it too and routes like a row that trains
@@ -119,7 +119,7 @@ def test_a_row_reading_the_side_memory_equals_the_row_training_it(tmp_path, monk
         run.main(["--model", "tiny", "--methods", "memit", "--reuse-memory"])
 
 
-@pytest.mark.easyedit  # skipped without EasyEdit (conftest.py)
+@pytest.mark.easyedit
 def test_a_wise_row_killed_after_its_last_save_scores_its_edits(tmp_path, monkeypatch):
     """A row whose state says all edits are done (killed while scoring) loads WISE's
     checkpoint without an edit call and scores as the row that made it, not the bare model."""
