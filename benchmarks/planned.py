@@ -232,14 +232,28 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     through ``run.main`` (a paused row goes on from its state; one another process runs is
     skipped). ``until`` (``HH:MM``, a session's end): a row starts only if its longest part
     that cannot pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring)
-    fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Returns
-    the rows made."""
+    fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes
+    over the list repeat while one of them got a row further (a row made, a paused row's
+    progress moved): a row skipped because the other core held it, or one that paused on
+    ``--max-minutes``, is taken again while time is left. Returns the rows made."""
+    made = []
+    while True:
+        made_now, moved = _one_pass(rows_path, tuning_path, easyedit_python, until, methods,
+                                    threads, max_hours)
+        made += made_now
+        if not moved:
+            return made
+
+
+def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, max_hours):
+    """One pass of :func:`run_ready` over the rows still to run: (rows made, whether a row
+    got further)."""
     import run
     import tune_baselines as tune
     from common import read_jsonl
 
     end = tune.deadline(until, time.time()) if until else None
-    made = []
+    made, moved = [], False
     rows = read_jsonl(rows_path)
     for _, (dataset, n, method, why, seeds) in shortest_first(
             still_to_run(rows), rows, read_jsonl(tuning_path), max_hours,
@@ -269,8 +283,12 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
                             max(max_minutes, 1.0))
         argv[argv.index("--threads") + 1] = str(threads)
         logger.info("running %s N=%d %s (%s)", dataset, n, method, why)
-        made += run.main(argv[2:] + ["--out", str(rows_path)])
-    return made
+        before = run.paused(rows_path).get((method, dataset, n))
+        made_here = run.main(argv[2:] + ["--out", str(rows_path)])
+        made += made_here
+        moved = moved or bool(made_here) or run.paused(rows_path).get(
+            (method, dataset, n)) != before
+    return made, moved
 
 
 def markdown(rows, dev_rows=(), stopped=None) -> str:
@@ -314,7 +332,8 @@ def main(argv=None) -> str:
                     help="run the rows still to run, shortest first, into JSONL; a baseline's "
                          "rows wait until its tuning grid has run and its YAML holds the "
                          "chosen setting; a paused row goes on, one another process (the "
-                         "other core) runs is skipped")
+                         "other core) runs is skipped; passes over the list repeat while one "
+                         "got a row further")
     ap.add_argument("--easyedit-python", default=sys.executable,
                     help="--run: the EasyEdit venv's python, for the baselines' rows "
                          "(LocFT's rows run with the interpreter running this script)")

@@ -322,6 +322,45 @@ def test_a_baselines_rows_wait_for_its_tuning_and_its_yaml():
     assert "- zsre N=1000 ft-m: no row yet; ~0.9 h; waits: its tuning grid has 4 of " in text
 
 
+def test_run_ready_passes_again_while_a_row_got_further(tmp_path, monkeypatch):
+    """``planned.py --run`` goes over the rows again while a pass got one further (a row
+    made, a paused row's progress moved): a row the other core held, or one that paused on
+    --max-minutes, is taken again; a pass where nothing moved ends it."""
+    import json
+    import sys
+    import types
+
+    planned = _load("planned")
+    # per dataset, what each call of its FT-M row does: "locked" (the other core runs it),
+    # "paused" (a chunk more done), "made" (the row finished); past the list: nothing moves
+    script = {"zsre": ["locked", "made"], "counterfact": ["paused", "paused"],
+              "wikibigedit": ["locked"]}
+    progress, calls = {}, []
+
+    def main(argv):
+        dataset = argv[argv.index("--datasets") + 1]
+        calls.append(dataset)
+        did = script[dataset].pop(0) if script[dataset] else "locked"
+        if did == "paused":
+            key = ("ft-m", dataset, 1000)
+            done = progress.get(key, {"done": 0})["done"] + 1
+            progress[key] = {"method": "ft-m", "done": done, "total": 100, "seconds": 60.0 * done}
+        return [{"dataset": dataset}] if did == "made" else []
+
+    monkeypatch.setitem(sys.modules, "run", types.SimpleNamespace(
+        main=main, paused=lambda out: dict(progress)))
+    rows, dev = tmp_path / "rows.jsonl", tmp_path / "tuning.jsonl"
+    rows.write_text("")
+    dev.write_text("".join(json.dumps(r) + "\n" for r in _dev_rows(
+        "ft-m", _load("tune_baselines").GRIDS["ft-m"], {"layers": [26]})))
+    made = planned.run_ready(rows, dev, "/venv/python", methods=["ft-m"])
+    # pass 1: zsre locked, counterfact paused; pass 2: zsre made, counterfact paused;
+    # pass 3: nothing moves
+    assert sorted(calls) == ["counterfact"] * 3 + ["wikibigedit"] * 3 + ["zsre"] * 3
+    assert made == [{"dataset": "zsre"}]
+    assert progress[("ft-m", "counterfact", 1000)]["done"] == 2 and len(progress) == 1
+
+
 def test_run_ready_starts_what_fits_before_the_deadline(tmp_path, monkeypatch):
     """``planned.py --run --until``: rows that wait for tuning are left; a row that cannot
     pause starts only if all of it fits; a pausable one gets --max-minutes to stop in time."""
