@@ -235,19 +235,22 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes
     over the list repeat while one of them got a row further (a row made, a paused row's
     progress moved): a row skipped because the other core held it, or one that paused on
-    ``--max-minutes``, is taken again while time is left. Returns the rows made."""
-    made = []
+    ``--max-minutes``, is taken again while time is left; a row made once is not run again
+    (should it still count as to run, a pass would make it again and again). Returns the rows
+    made."""
+    made, ran = [], set()
     while True:
         made_now, moved = _one_pass(rows_path, tuning_path, easyedit_python, until, methods,
-                                    threads, max_hours)
+                                    threads, max_hours, ran)
         made += made_now
         if not moved:
             return made
 
 
-def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, max_hours):
-    """One pass of :func:`run_ready` over the rows still to run: (rows made, whether a row
-    got further)."""
+def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, max_hours,
+              ran: set):
+    """One pass of :func:`run_ready` over the rows still to run, leaving those in ``ran``
+    (adding the ones it makes): (rows made, whether a row got further)."""
     import run
     import tune_baselines as tune
     from common import read_jsonl
@@ -259,7 +262,8 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
             still_to_run(rows), rows, read_jsonl(tuning_path), max_hours,
             run.paused(rows_path)):
         base = base_method(method)
-        if methods and base not in methods and method not in methods:
+        if (methods and base not in methods and method not in methods) \
+                or (dataset, n, method) in ran:
             continue
         rows, dev_rows = read_jsonl(rows_path), read_jsonl(tuning_path)  # the other core's too
         wait = waits_for_tuning(method, dev_rows)
@@ -286,6 +290,8 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
         before = run.paused(rows_path).get((method, dataset, n))
         made_here = run.main(argv[2:] + ["--out", str(rows_path)])
         made += made_here
+        if made_here:
+            ran.add((dataset, n, method))
         moved = moved or bool(made_here) or run.paused(rows_path).get(
             (method, dataset, n)) != before
     return made, moved
