@@ -158,14 +158,32 @@ def hours_needed(dataset: str, n: int, method: str, rows, dev_rows=(), seeds=Non
 
     spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
     runs = len(SEEDS.get((dataset, n, method), ()) if seeds is None else seeds) or 1
-    own = seconds_left(progress)  # a paused row: its own pace so far
-    steady = (runs == 1 and progress and progress["seconds"] >= OWN_PACE_SECONDS
-              and base_method(method) not in REUSE_TARGETS)
-    if own is not None and (spe is None or steady):
-        return own / 3600 + AFTER_MINUTES.get(n, 35) / 60
+    if _own_pace_counts(method, progress, spe, runs):
+        return seconds_left(progress) / 3600 + AFTER_MINUTES.get(n, 35) / 60
     if spe is None:
         return None
     return runs * (spe * n * part_left(progress) / 3600 + AFTER_MINUTES.get(n, 35) / 60)
+
+
+def _own_pace_counts(method: str, progress, spe, runs: int = 1) -> bool:
+    """Whether a paused row (``progress``: ``run.paused``'s) is timed at its own pace so far
+    rather than at ``spe`` (:func:`seconds_per_edit`): it has a call done, and nothing else
+    estimates it or, one run, it has edited for ``OWN_PACE_SECONDS`` (``REUSE_TARGETS``' rows
+    excepted)."""
+    from resume import seconds_left
+
+    steady = (runs == 1 and progress and progress["seconds"] >= OWN_PACE_SECONDS
+              and base_method(method) not in REUSE_TARGETS)
+    return seconds_left(progress) is not None and (spe is None or bool(steady))
+
+
+def pace(dataset: str, n: int, method: str, rows, dev_rows=(), progress=None, runs: int = 1):
+    """Expected seconds per edit of the row's next edits: a paused row's own pace so far where
+    :func:`_own_pace_counts`, else :func:`seconds_per_edit`; None with nothing to go by."""
+    spe = seconds_per_edit(dataset, n, method, rows, dev_rows)
+    if _own_pace_counts(method, progress, spe, runs):
+        return progress["seconds"] * progress["total"] / (progress["done"] * n)
+    return spe
 
 
 def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
@@ -231,8 +249,8 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     (:func:`shortest_first`; ``max_hours``: only rows expected to take at most that long),
     through ``run.main`` (a paused row goes on from its state; one another process runs is
     skipped). ``until`` (``HH:MM``, a session's end): a row starts only if its longest part
-    that cannot pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring)
-    fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes
+    that cannot pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring),
+    timed at :func:`pace` (a paused row's own pace once it counts), fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes
     over the list repeat while one of them got a row further (a row made, a paused row's
     progress moved): a row skipped because the other core held it, or one that paused on
     ``--max-minutes``, is taken again while time is left; a row made once is not run again
@@ -271,10 +289,11 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
             logger.info("not yet %s N=%d %s: %s", dataset, n, method, wait)
             continue
         max_minutes = MAX_MINUTES
+        before = run.paused(rows_path).get((method, dataset, n))
         if end is not None:
             left = (end - time.time()) / 60
-            spe = seconds_per_edit(dataset, n, method, rows, dev_rows) or 0.0
             runs = max(1, len(seeds))
+            spe = pace(dataset, n, method, rows, dev_rows, before, runs) or 0.0
             piece = (UNBROKEN_EDITS[base] * spe / 60 if base in UNBROKEN_EDITS
                      else runs * (n * spe / 60 + AFTER_MINUTES.get(n, 35)))
             if piece + MARGIN_MINUTES >= left:
@@ -287,7 +306,6 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
                             max(max_minutes, 1.0))
         argv[argv.index("--threads") + 1] = str(threads)
         logger.info("running %s N=%d %s (%s)", dataset, n, method, why)
-        before = run.paused(rows_path).get((method, dataset, n))
         made_here = run.main(argv[2:] + ["--out", str(rows_path)])
         made += made_here
         if made_here:

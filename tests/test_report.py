@@ -361,6 +361,35 @@ def test_run_ready_passes_again_while_a_row_got_further(tmp_path, monkeypatch):
     assert progress[("ft-m", "counterfact", 1000)]["done"] == 2 and len(progress) == 1
 
 
+def test_run_ready_times_a_paused_rows_piece_at_its_own_pace(tmp_path, monkeypatch):
+    """``--until``: a paused row that has edited for OWN_PACE_SECONDS is timed at its own pace
+    (30 s/edit here), not at its method's other row (60 s/edit): its 10 unbroken edits need
+    5 min, so with 24 min left it starts and pauses in time (24 - 15 - 5); a row of the same
+    method with nothing of its own (10 min + 15) does not start."""
+    import json
+    import sys
+    import types
+
+    planned = _load("planned")
+    calls = []
+    stopped = {("ft-m", "counterfact", 1000): {"method": "ft-m", "done": 100, "total": 1000,
+                                                "seconds": 3000.0}}
+    monkeypatch.setitem(sys.modules, "run", types.SimpleNamespace(
+        main=lambda argv: calls.append(argv) or [], paused=lambda out: dict(stopped)))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"method": "ft-m", "dataset": "zsre", "n": 1000,
+                                "model": planned.MODEL, "seconds_per_edit": 60.0}) + "\n")
+    dev = tmp_path / "tuning.jsonl"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in _dev_rows(
+        "ft-m", _load("tune_baselines").GRIDS["ft-m"], {"layers": [26]})))
+    import tune_baselines
+
+    monkeypatch.setattr(tune_baselines, "deadline", lambda hhmm, now: now + 24 * 60)
+    planned.run_ready(rows, dev, "/venv/python", until="HH:MM", methods=["ft-m"])
+    assert [a[a.index("--datasets") + 1] for a in calls] == ["counterfact"]
+    assert 3.5 <= float(calls[0][calls[0].index("--max-minutes") + 1]) <= 4
+
+
 def test_run_ready_starts_what_fits_before_the_deadline(tmp_path, monkeypatch):
     """``planned.py --run --until``: rows that wait for tuning are left; a row that cannot
     pause starts only if all of it fits; a pausable one gets --max-minutes to stop in time."""
