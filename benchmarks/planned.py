@@ -250,12 +250,12 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
     through ``run.main`` (a paused row goes on from its state; one another process runs is
     skipped). ``until`` (``HH:MM``, a session's end): a row starts only if its longest part
     that cannot pause (``UNBROKEN_EDITS``; a whole LocFT / UltraEdit row with its scoring),
-    timed at :func:`pace` (a paused row's own pace once it counts), fits before it with ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes
-    over the list repeat while one of them got a row further (a row made, a paused row's
-    progress moved): a row skipped because the other core held it, or one that paused on
-    ``--max-minutes``, is taken again while time is left; a row made once is not run again
-    (should it still count as to run, a pass would make it again and again). Returns the rows
-    made."""
+    timed at :func:`pace` (a paused row's own pace once it counts), fits before it with
+    ``MARGIN_MINUTES`` to spare, and pausable rows pause in time. Passes over the list repeat
+    while one of them got a row further (a row made, a paused row's progress moved): a row
+    skipped because the other core held it, or one that paused on ``--max-minutes``, is taken
+    again while time is left; a row made once is not run again (should it still count as to
+    run, a pass would make it again and again). Returns the rows made."""
     made, ran = [], set()
     while True:
         made_now, moved = _one_pass(rows_path, tuning_path, easyedit_python, until, methods,
