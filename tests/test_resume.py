@@ -94,18 +94,22 @@ def test_a_module_the_model_lacks_is_named(resume, tiny_model):
 
 
 @pytest.mark.easyedit
-@pytest.mark.parametrize("method,sets", [
-    ("ft-m", []), ("rome", []), ("wise", []),
+@pytest.mark.parametrize("method,sets,paused_at", [
+    ("ft-m", [], 10), ("rome", [], 10), ("wise", [], 10),
     # WISE's 1,000-edit rows pause past its save_freq 500: here every 4 edits a side memory
     # is saved and every 8 merged, so the pause after 10 falls between shards (2 kept, one
     # merge done) and the resumed run must go on from all of them
-    ("wise", ["--set", "save_freq=4", "merge_freq=8"])])
-def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, method, sets):
-    """FT-M and ROME (their rewritten weights; ROME's context templates) and WISE (its own
-    checkpoint: side memory, masks, edit
-    history; numpy's random state; its context templates), 20 tiny edits: paused after the
-    first saved state (10 calls), resumed by the same command, the row is the row of an
-    uninterrupted run, and its state folder is gone."""
+    ("wise", ["--set", "save_freq=4", "merge_freq=8"], 10),
+    # MEMIT and AlphaEdit save after every call: two calls of 10, paused after the first
+    # (AlphaEdit's cache_c of the first call carries into the second)
+    ("memit", ["--set", "batch_size=10"], 1), ("alphaedit", ["--set", "batch_size=10"], 1)])
+def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, method, sets,
+                                                       paused_at):
+    """FT-M and ROME (their rewritten weights; ROME's context templates), WISE (its own
+    checkpoint: side memory, masks, edit history; numpy's random state; its context
+    templates), MEMIT and AlphaEdit (their rewritten weights; AlphaEdit's cache_c), 20 tiny
+    edits: paused after the first saved state, resumed by the same command, the row is the row
+    of an uninterrupted run, and its state folder is gone."""
     import json
     import sys
 
@@ -116,8 +120,9 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, me
     paused = tmp_path / "paused.jsonl"
     assert run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"]) == []
     (state,) = (run.state_root(paused) / "resume").iterdir()
-    assert json.loads((state / "state.json").read_text())["chunks_done"] == 10
-    if sets:  # the paused WISE holds one merged shard (edits 1-8); edits 9-10 are training
+    assert json.loads((state / "state.json").read_text())["chunks_done"] == paused_at
+    if method == "wise" and sets:  # the paused WISE holds one merged shard (edits 1-8);
+        # edits 9-10 are training
         import torch
 
         info = torch.load(state / "wise-10.pt", weights_only=False)["additional_info"]
