@@ -186,6 +186,16 @@ def pace(dataset: str, n: int, method: str, rows, dev_rows=(), progress=None, ru
     return spe
 
 
+def latest_pace(progress, n: int):
+    """Seconds per edit of a paused row's latest calls (``last_step_seconds``, from its last
+    save), None without: a long row's calls grow slower as its edits pile up (AlphaEdit's
+    ZsRE N = 1,000 row: 48 min a call at the N = 100 row's pace, 62-85 min for its calls 7-9),
+    so a piece that cannot pause is timed at the slower of this and :func:`pace`."""
+    if not progress or not progress.get("last_step_seconds") or not progress.get("total"):
+        return None
+    return progress["last_step_seconds"] * progress["total"] / n
+
+
 def seconds_per_edit(dataset: str, n: int, method: str, rows, dev_rows=()):
     """Expected seconds per edit of the row: the method's latest row on ``dataset``, else on
     any dataset (rows that read part of their work from another row's do not count), else the
@@ -265,6 +275,30 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
             return made
 
 
+def fit(n: int, base: str, spe: float, progress, runs: int, left: float) -> tuple:
+    """``(minutes, budget)`` of a row with ``left`` minutes before a session's end, timed at
+    ``spe`` seconds per edit (:func:`pace`): ``minutes``, its next part that cannot pause
+    (all of a row that cannot pause, with its scoring; else ``UNBROKEN_EDITS``' piece, at the
+    slower of ``spe`` and :func:`latest_pace`, with the scoring when it is the row's last);
+    ``budget``, its ``--max-minutes``: the editing minutes after which it starts no further
+    piece, so that a piece started before then, the last one with its scoring if this run may
+    reach it, ends ``MARGIN_MINUTES`` before the end."""
+    import math
+
+    from resume import part_left
+
+    after = AFTER_MINUTES.get(n, 35)
+    if base not in UNBROKEN_EDITS:
+        whole = runs * (n * spe / 60 + after)
+        return whole, left - MARGIN_MINUTES - whole
+    call = UNBROKEN_EDITS[base] * max(spe, latest_pace(progress, n) or 0) / 60
+    pieces = math.ceil(round(n * part_left(progress)) / UNBROKEN_EDITS[base])
+    budget = left - MARGIN_MINUTES - call
+    if (pieces - 1) * call <= budget:  # this run may start the row's last piece
+        budget -= after
+    return (call + after if pieces <= 1 else call), budget
+
+
 def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, max_hours,
               ran: set):
     """One pass of :func:`run_ready` over the rows still to run, leaving those in ``ran``
@@ -294,14 +328,13 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
             left = (end - time.time()) / 60
             runs = max(1, len(seeds))
             spe = pace(dataset, n, method, rows, dev_rows, before, runs) or 0.0
-            piece = (UNBROKEN_EDITS[base] * spe / 60 if base in UNBROKEN_EDITS
-                     else runs * (n * spe / 60 + AFTER_MINUTES.get(n, 35)))
+            piece, budget = fit(n, base, spe, before, runs, left)
             if piece + MARGIN_MINUTES >= left:
                 logger.info("not starting %s N=%d %s: it needs ~%.0f min without a pause, "
                             "%.0f left before %s", dataset, n, method, piece + MARGIN_MINUTES,
                             left, until)
                 continue
-            max_minutes = min(MAX_MINUTES, left - MARGIN_MINUTES - piece)
+            max_minutes = min(MAX_MINUTES, budget)
         argv = command_argv(dataset, n, method, seeds, easyedit_python, sys.executable,
                             max(max_minutes, 1.0))
         argv[argv.index("--threads") + 1] = str(threads)

@@ -6,12 +6,13 @@ The state of a row, in its own folder: the weights the method rewrites (the modu
 method's EasyEdit module that carry over between calls (AlphaEdit's running key covariance
 ``cache_c``; the context templates ROME / MEMIT / AlphaEdit sample once, on their first call,
 ``CONTEXT_TEMPLATES_CACHE``: a resumed row goes on with the same ones), how many chunks are
-done and the editing seconds spent so far. WISE keeps its edits in a side memory beside the
-weights: its state is WISE's own checkpoint (``WISE.save``, loaded back through its
-``load_path``), its context templates and numpy's random state (it draws its weight masks
-with numpy). The tensors of a save are written under names that carry its
-chunk count, then ``state.json`` (atomically: a temporary file, then a rename) points at them,
-then the older files go: a run killed while saving leaves the previous state whole.
+done, the editing seconds spent so far and those per chunk since the previous save. WISE keeps
+its edits in a side memory beside the weights: its state is WISE's own checkpoint
+(``WISE.save``, loaded back through its ``load_path``), its context templates and numpy's
+random state (it draws its weight masks with numpy). The tensors of a save are written under
+names that carry its chunk count, then ``state.json`` (atomically: a temporary file, then a
+rename) points at them, then the older files go: a run killed while saving leaves the previous
+state whole.
 
 LocFT rows (:func:`locft_resumable`) use LocFT's own checkpoints (``checkpoint_dir``: the
 row's folder), written every ``LOCFT_CHECKPOINT`` minutes of training; they do not pause, but a
@@ -132,7 +133,15 @@ class ChunkState:
         return done, state["seconds"], state.get("runs", 1), self.folder / WISE_CKPT.format(done)
 
     def _commit(self, state: dict) -> None:
-        """``state.json`` now points at the files of this save; the older files go."""
+        """``state.json`` now points at the files of this save; the older files go. It also
+        records ``last_step_seconds``: the editing seconds per call (WISE: per edit) since
+        the previous save, in this run or an earlier one, so that a planner can time the next
+        call by the latest ones (a long row's calls grow slower as its edits pile up)."""
+        before = self.progress()
+        if before and before["method"] == state["method"] \
+                and state["chunks_done"] > before["done"] and state["seconds"] >= before["seconds"]:
+            state["last_step_seconds"] = ((state["seconds"] - before["seconds"])
+                                          / (state["chunks_done"] - before["done"]))
         _atomic(self.folder / STATE, lambda p: p.write_text(json.dumps(state)))
         self._drop_files(keep=state["chunks_done"])
 
@@ -146,15 +155,17 @@ class ChunkState:
                 path.unlink()
 
     def progress(self) -> dict | None:
-        """``{"method", "done", "total", "seconds"}`` of the saved state: calls (WISE:
-        edits) done, of how many (None for a state saved before that was recorded), editing
-        seconds so far; None without one."""
+        """``{"method", "done", "total", "seconds", "last_step_seconds"}`` of the saved
+        state: calls (WISE: edits) done, of how many (None for a state saved before that was
+        recorded), editing seconds so far, seconds per call of the latest ones (None for the
+        first save, or one saved before that was recorded); None without one."""
         path = self.folder / STATE
         if not path.is_file():
             return None
         state = json.loads(path.read_text())
         return {"method": state["method"], "done": state["chunks_done"],
-                "total": state.get("chunks_total"), "seconds": state["seconds"]}
+                "total": state.get("chunks_total"), "seconds": state["seconds"],
+                "last_step_seconds": state.get("last_step_seconds")}
 
     def clear(self) -> None:
         """Remove the state (the row is finished)."""

@@ -361,19 +361,19 @@ def test_run_ready_passes_again_while_a_row_got_further(tmp_path, monkeypatch):
     assert progress[("ft-m", "counterfact", 1000)]["done"] == 2 and len(progress) == 1
 
 
-def test_run_ready_times_a_paused_rows_piece_at_its_own_pace(tmp_path, monkeypatch):
-    """``--until``: a paused row that has edited for OWN_PACE_SECONDS is timed at its own pace
-    (30 s/edit here), not at its method's other row (60 s/edit): its 10 unbroken edits need
-    5 min, so with 24 min left it starts and pauses in time (24 - 15 - 5); a row of the same
-    method with nothing of its own (10 min + 15) does not start."""
+def _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, progress, minutes):
+    """``planned.run_ready --until`` with ``minutes`` left over FT-M's planned rows, its ZsRE
+    N = 1,000 row made at 60 s/edit and its CounterFact N = 1,000 row paused at ``progress``;
+    ``{dataset: argv}`` of the rows it started (the fake ``run`` makes none)."""
     import json
     import sys
     import types
 
-    planned = _load("planned")
+    planned = _load("planned")  # puts benchmarks/ on the path
+    import tune_baselines  # the module run_ready imports
+
     calls = []
-    stopped = {("ft-m", "counterfact", 1000): {"method": "ft-m", "done": 100, "total": 1000,
-                                                "seconds": 3000.0}}
+    stopped = {("ft-m", "counterfact", 1000): progress}
     monkeypatch.setitem(sys.modules, "run", types.SimpleNamespace(
         main=lambda argv: calls.append(argv) or [], paused=lambda out: dict(stopped)))
     rows = tmp_path / "rows.jsonl"
@@ -382,12 +382,55 @@ def test_run_ready_times_a_paused_rows_piece_at_its_own_pace(tmp_path, monkeypat
     dev = tmp_path / "tuning.jsonl"
     dev.write_text("".join(json.dumps(r) + "\n" for r in _dev_rows(
         "ft-m", _load("tune_baselines").GRIDS["ft-m"], {"layers": [26]})))
-    import tune_baselines
-
-    monkeypatch.setattr(tune_baselines, "deadline", lambda hhmm, now: now + 24 * 60)
+    monkeypatch.setattr(tune_baselines, "deadline", lambda hhmm, now: now + minutes * 60)
     planned.run_ready(rows, dev, "/venv/python", until="HH:MM", methods=["ft-m"])
-    assert [a[a.index("--datasets") + 1] for a in calls] == ["counterfact"]
-    assert 3.5 <= float(calls[0][calls[0].index("--max-minutes") + 1]) <= 4
+    return {a[a.index("--datasets") + 1]: a for a in calls}
+
+
+def _budget(argv) -> float:
+    return float(argv[argv.index("--max-minutes") + 1])
+
+
+def test_run_ready_times_a_paused_rows_piece_at_its_own_pace(tmp_path, monkeypatch):
+    """``--until``: a paused row that has edited for OWN_PACE_SECONDS is timed at its own pace
+    (30 s/edit here), not at its method's other row (60 s/edit): its 10 unbroken edits need
+    5 min, so with 24 min left it starts and pauses in time (24 - 15 - 5); a row of the same
+    method with nothing of its own (10 min + 15) does not start."""
+    started = _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, {
+        "method": "ft-m", "done": 100, "total": 1000, "seconds": 3000.0}, 24)
+    assert list(started) == ["counterfact"]
+    assert 3.5 <= _budget(started["counterfact"]) <= 4
+
+
+def test_a_pieces_minutes_follow_the_latest_calls_and_the_last_adds_its_scoring():
+    """``planned.fit``: AlphaEdit's ZsRE N = 1,000 row at 9 of 10 calls, its N = 100 row's
+    pace 28.5 s/edit (47.5 min a call) but its latest call 80 min: the last call is timed at
+    80 min plus 35 min of scoring, and --max-minutes leaves room for both; two calls left, the
+    next one is timed alone, and the scoring counts only where the run may reach the last."""
+    planned = _load("planned")
+    late = {"method": "alphaedit", "done": 9, "total": 10, "seconds": 30000.0,
+            "last_step_seconds": 4800.0}
+    assert planned.latest_pace(late, 1000) == 48.0
+    assert planned.fit(1000, "alphaedit", 28.5, late, 1, 150) == (115.0, 20.0)
+    no_latest = dict(late, last_step_seconds=None)  # a state saved before it was recorded
+    assert planned.fit(1000, "alphaedit", 28.5, no_latest, 1, 150) == (82.5, 52.5)
+    two_left = dict(late, done=8)
+    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 150) == (80.0, 55.0)
+    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 300) == (80.0, 170.0)
+    assert planned.fit(1000, "ft-m", 60.0, None, 1, 60) == (10.0, 35.0)  # 100 pieces left
+    assert planned.fit(100, "locft-bf", 2.4, None, 3, 60) == (27.0, 18.0)  # 3 x (4 + 5)
+
+
+def test_run_ready_times_a_paused_rows_piece_by_its_latest_calls(tmp_path, monkeypatch):
+    """A paused FT-M row at 30 s/edit so far whose latest edits took 90 s each: its 10
+    unbroken edits need 15 min, so with 24 min left it does not start (at its pace so far,
+    5 min, it would), nor do the rows with nothing of their own (10 min + 15); with 40 min
+    left it starts and pauses in time (40 - 15 - 15)."""
+    late = {"method": "ft-m", "done": 100, "total": 1000, "seconds": 3000.0,
+            "last_step_seconds": 90.0}
+    assert _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, late, 24) == {}
+    started = _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, late, 40)
+    assert 9.5 <= _budget(started["counterfact"]) <= 10
 
 
 def test_run_ready_starts_what_fits_before_the_deadline(tmp_path, monkeypatch):

@@ -43,7 +43,8 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
     state = resume.ChunkState(tmp_path / "row")
     assert state.load(model, hp, "alphaedit", _method_module()) == (0, 0.0, 0)  # nothing yet
     state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1, 10)
-    assert state.progress() == {"method": "alphaedit", "done": 3, "total": 10, "seconds": 120.5}
+    assert state.progress() == {"method": "alphaedit", "done": 3, "total": 10, "seconds": 120.5,
+                                "last_step_seconds": None}  # no earlier save to time from
     assert resume.part_left(state.progress()) == 0.7
     assert resume.seconds_left(state.progress()) == 120.5 / 3 * 7  # at its own pace
     assert resume.seconds_left(dict(state.progress(), total=None)) is None
@@ -60,6 +61,19 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
         state.load(fresh, hp, "memit", mod)
     state.clear()
     assert not (tmp_path / "row").exists() and state.progress() is None
+
+
+def test_a_save_records_the_seconds_per_call_since_the_previous_one(resume, tiny_model,
+                                                                   tmp_path):
+    """``last_step_seconds``: (editing seconds now - at the previous save) / calls since,
+    across runs too (a resumed run saves the earlier runs' seconds plus its own)."""
+    hp, mod = _hp(), _method_module()
+    state = resume.ChunkState(tmp_path / "row")
+    state.save(tiny_model, hp, "memit", mod, 3, 120.0, 1, 10)
+    state.save(tiny_model, hp, "memit", mod, 5, 200.0, 2, 10)
+    assert state.progress()["last_step_seconds"] == 40.0
+    state.save(tiny_model, hp, "memit", mod, 6, 290.0, 2, 10)
+    assert state.progress()["last_step_seconds"] == 90.0
 
 
 def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path):
@@ -227,9 +241,10 @@ def test_paused_rows_are_read_back_from_their_folders(tmp_path, monkeypatch):
                 {"method": label.split("@")[0], "chunks_done": done, "seconds": 60.0 * done}))
     assert run.paused(out) == {
         ("rome@v_num_grad_steps=50", "zsre", 100): {"method": "rome", "done": 40,
-                                                    "total": None, "seconds": 2400.0},
+                                                    "total": None, "seconds": 2400.0,
+                                                    "last_step_seconds": None},
         ("wise", "counterfact", 1000): {"method": "wise", "done": 120, "total": None,
-                                        "seconds": 7200.0}}
+                                        "seconds": 7200.0, "last_step_seconds": None}}
     assert run.progress_text(run.paused(out)[("wise", "counterfact", 1000)]) == \
         "120 edits, 120 min so far"
 
