@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -283,8 +284,6 @@ def fit(n: int, base: str, spe: float, progress, runs: int, left: float) -> tupl
     ``budget``, its ``--max-minutes``: the editing minutes after which it starts no further
     piece, so that a piece started before then, the last one with its scoring if this run may
     reach it, ends ``MARGIN_MINUTES`` before the end."""
-    import math
-
     from resume import part_left
 
     after = AFTER_MINUTES.get(n, 35)
