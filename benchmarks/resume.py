@@ -6,7 +6,9 @@ The state of a row, in its own folder: the weights the method rewrites (the modu
 method's EasyEdit module that carry over between calls (AlphaEdit's running key covariance
 ``cache_c``; the context templates ROME / MEMIT / AlphaEdit sample once, on their first call,
 ``CONTEXT_TEMPLATES_CACHE``: a resumed row goes on with the same ones), how many chunks are
-done, the editing seconds spent so far and those per chunk since the previous save. WISE keeps
+done, the editing seconds spent so far and those per chunk since the previous save, and the
+unedited model's scores that every run takes before editing (:meth:`ChunkState.save_unedited`:
+a resumed WISE CounterFact row spent 14 of its first 17 minutes measuring them again). WISE keeps
 its edits in a side memory beside the weights: its state is WISE's own checkpoint
 (``WISE.save``, loaded back through its ``load_path``), its context templates and numpy's
 random state (it draws its weight masks with numpy). The tensors of a save are written under
@@ -28,6 +30,7 @@ from pathlib import Path
 STATE = "state.json"
 WEIGHTS, CACHE_C = "weights-{}.pt", "cache_c-{}.pt"  # .format(chunks done)
 WISE_CKPT = "wise-{}.pt"  # WISE's own checkpoint (WISE.save): side memories, masks, history
+UNEDITED = "unedited.pt"  # the unedited model's scores (evaluate.Unedited) and what they fit
 TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
 LOCFT_CHECKPOINT = {"checkpoint_every_epochs": 0, "checkpoint_every_minutes": 5.0}
 
@@ -132,6 +135,31 @@ class ChunkState:
         done = state["chunks_done"]
         return done, state["seconds"], state.get("runs", 1), self.folder / WISE_CKPT.format(done)
 
+    def save_unedited(self, unedited, key: dict) -> None:
+        """Keep ``unedited`` (``evaluate.Unedited``, measured before the row's first edit)
+        with ``key``: what it was measured for (the requests, the scoring arguments...)."""
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic(self.folder / UNEDITED, lambda p: torch.save(
+            {"key": key, "locality": unedited.locality, "before": unedited.before,
+             "answers": unedited.answers}, p))
+
+    def load_unedited(self, key: dict):
+        """The ``evaluate.Unedited`` kept by :meth:`save_unedited` with this ``key``; None
+        without one, or with one measured for another key."""
+        import torch
+
+        from locft_easyedit.evaluate import Unedited
+
+        path = self.folder / UNEDITED
+        if not path.is_file():
+            return None
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        if kept["key"] != key:
+            return None
+        return Unedited(kept["locality"], kept["before"], kept["answers"])
+
     def _commit(self, state: dict) -> None:
         """``state.json`` now points at the files of this save; the older files go. It also
         records ``last_step_seconds``: the editing seconds per call (WISE: per edit) since
@@ -148,7 +176,7 @@ class ChunkState:
     def _drop_files(self, keep=None) -> None:
         if not self.folder.is_dir():
             return
-        mine = ({WEIGHTS.format(keep), CACHE_C.format(keep), WISE_CKPT.format(keep)}
+        mine = ({WEIGHTS.format(keep), CACHE_C.format(keep), WISE_CKPT.format(keep), UNEDITED}
                 if keep is not None else set())
         for path in self.folder.iterdir():
             if path.name.endswith(".pt") and path.name not in mine:

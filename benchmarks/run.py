@@ -192,6 +192,29 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
                                     args.reuse_targets, args.reuse_memory)
 
 
+def unedited_scores(args, model, tok, requests, tok_sha: str, **kw):
+    """``evaluate.Unedited`` of the (still unedited) ``model`` for ``edit_and_score(**kw)``:
+    read from the row's state folder (``--state``) when a run of this row measured it for the
+    same requests, tokenizer and arguments (a paused row goes on in a new process: a WISE
+    CounterFact row scored one prompt at a time spends ~14 min on it), else measured and, with
+    a state folder, kept there before the first edit."""
+    from locft_easyedit.evaluate import measure_unedited
+
+    state = ChunkState(args.state) if args.state else None
+    key = {"model": args.model, "tokenizer": tok_sha,
+           "arguments": {k: v for k, v in kw.items() if k != "progress"},
+           "requests": hashlib.sha256(json.dumps(requests, sort_keys=True).encode()
+                                      ).hexdigest()}
+    kept = state.load_unedited(key) if state else None
+    if kept is not None:
+        logger.info("the unedited model's scores read from %s", state.folder)
+        return kept
+    measured = measure_unedited(model, tok, requests, **kw)
+    if state:
+        state.save_unedited(measured, key)
+    return measured
+
+
 def run_one(args) -> dict:
     import torch
 
@@ -228,10 +251,11 @@ def run_one(args) -> dict:
     # snapshot -> edit (timed) -> score every edit; CounterFact's probability scores
     # (efficacy / paraphrase / neighbourhood) before and after; greedy answers to the first
     # SAMPLE_ANSWERS prompts (the row keeps those after editing: what generation says, to read)
-    scored = edit_and_score(model, tok, requests, edit, generation=True,
-                            probabilities=dataset == "counterfact", answers=SAMPLE_ANSWERS,
-                            progress=True, per_edit=True,
-                            batch_size=SCORE_BATCH.get(method, 32))
+    kw = {"probabilities": dataset == "counterfact", "answers": SAMPLE_ANSWERS,
+          "progress": True, "batch_size": SCORE_BATCH.get(method, 32)}
+    scored = edit_and_score(model, tok, requests, edit, generation=True, per_edit=True,
+                            unedited=unedited_scores(args, model, tok, requests, tok_sha, **kw),
+                            **kw)
     # the peak of the process up to here: loading, the baseline's capability pass when this
     # row computed it (then said in capability_baseline_here), editing and scoring
     peak_editing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

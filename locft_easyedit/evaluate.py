@@ -251,39 +251,73 @@ class EditReport:
     answers_after: List[str] = field(default_factory=list)
 
 
+@dataclass
+class Unedited:
+    """What :func:`edit_and_score` measures on the model before editing it: the locality
+    snapshot (:func:`locality_snapshot`), ``before`` (``pre_scores`` and, under
+    ``"probability"``, CounterFact's probability scores) and the greedy ``answers``. A caller
+    that edits the same model on the same requests more than once (a benchmark row paused
+    and resumed in a new process) can keep it and pass it back instead of measuring again."""
+
+    locality: List[torch.Tensor]
+    before: Dict[str, Any] = field(default_factory=dict)
+    answers: List[str] = field(default_factory=list)
+
+
+def measure_unedited(model, tok, requests: Sequence[dict], pre_scores: bool = False,
+                     probabilities: bool = False, answers: int = 0, progress: bool = False,
+                     batch_size: int = 32) -> Unedited:
+    """:class:`Unedited` of ``model`` (take it before editing); arguments as in
+    :func:`edit_and_score`."""
+    kw = {"progress": progress, "batch_size": batch_size}
+    prompts = [r["prompt"] for r in requests[:answers]]
+    snapshot = Unedited(locality_snapshot(model, tok, requests, **kw))
+    if pre_scores:  # locality of the unedited model against its own snapshot: 1 (or NaN)
+        snapshot.before.update(evaluate_requests(model, tok, requests, snapshot.locality,
+                                                 generation=False, **kw))
+    if probabilities:
+        snapshot.before["probability"] = probability_scores(model, tok, requests, **kw)
+    snapshot.answers = generate_answers(model, tok, prompts, **kw) if prompts else []
+    return snapshot
+
+
 def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], Any],
                    generation: bool = True, pre_scores: bool = False,
                    probabilities: bool = False, answers: int = 0,
                    progress: bool = False, per_edit: bool = False,
-                   batch_size: int = 32) -> EditReport:
+                   batch_size: int = 32, unedited: Optional[Unedited] = None) -> EditReport:
     """Snapshot the unedited model, run ``edit(model)`` (timed), score the edited one.
 
     ``edit`` returns the edited model, or ``(edited_model, weights_copy)`` as EasyEdit's
     methods do (e.g. ``lambda m: apply_locft_to_model(m, tok, requests, hp)``). Before it:
     the locality snapshot, ``pre_scores`` (teacher-forced scores of the unedited model),
     ``probabilities`` (CounterFact's probability scores) and the greedy answers to the first
-    ``answers`` prompts. After it: :func:`evaluate_requests` (with generation exact match
-    when ``generation``), the probability scores and the answers again; ``per_edit`` keeps
-    each score's per-request lists in ``after`` (see :func:`evaluate_requests`);
-    ``batch_size``: prompts per scoring forward (1 for an editor that routes whole batches)."""
+    ``answers`` prompts (:func:`measure_unedited`; ``unedited``: those measured earlier, on
+    this model and these requests with these arguments). After it: :func:`evaluate_requests`
+    (with generation exact match when ``generation``), the probability scores and the answers
+    again; ``per_edit`` keeps each score's per-request lists in ``after`` (see
+    :func:`evaluate_requests`); ``batch_size``: prompts per scoring forward (1 for an editor
+    that routes whole batches)."""
     kw = {"progress": progress, "batch_size": batch_size}
     prompts = [r["prompt"] for r in requests[:answers]]
-    loc_before = locality_snapshot(model, tok, requests, **kw)
-    before: Dict[str, Any] = {}
-    if pre_scores:  # locality of the unedited model against its own snapshot: 1 (or NaN)
-        before.update(evaluate_requests(model, tok, requests, loc_before, generation=False,
-                                        **kw))
-    if probabilities:
-        before["probability"] = probability_scores(model, tok, requests, **kw)
-    answers_before = generate_answers(model, tok, prompts, **kw) if prompts else []
+    if unedited is None:
+        unedited = measure_unedited(model, tok, requests, pre_scores, probabilities, answers,
+                                    **kw)
+    elif (len(unedited.answers) != len(prompts) or probabilities != ("probability" in
+                                                                      unedited.before)
+          or len(unedited.locality) != len(_locality_pairs(requests))):
+        raise ValueError("unedited: measured for other requests or other arguments "
+                         f"({len(unedited.locality)} locality prompts, "
+                         f"{len(unedited.answers)} answers, probability scores: "
+                         f"{'probability' in unedited.before}); measure it again")
     t0 = time.perf_counter()
     out = edit(model)
     seconds = time.perf_counter() - t0
     model, weights_copy = out if isinstance(out, tuple) else (out, {})
-    after = evaluate_requests(model, tok, requests, loc_before, generation=generation,
+    after = evaluate_requests(model, tok, requests, unedited.locality, generation=generation,
                               per_edit=per_edit, **kw)
     if probabilities:
         after["probability"] = probability_scores(model, tok, requests, per_edit=per_edit, **kw)
     answers_after = generate_answers(model, tok, prompts, **kw) if prompts else []
-    return EditReport(model, weights_copy, seconds, before, after, answers_before,
-                      answers_after)
+    return EditReport(model, weights_copy, seconds, dict(unedited.before), after,
+                      list(unedited.answers), answers_after)

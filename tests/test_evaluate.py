@@ -68,3 +68,39 @@ def test_probability_scores_are_complementary_and_move_with_the_edit(tiny_model,
     assert probability_scores(edited, tiny_tok, own)["neighborhood_score"] == 0.0
     assert probability_scores(tiny_model, tiny_tok, own)["neighborhood_score"] == \
         pytest.approx(1 - before["efficacy_score"])
+
+
+def test_scores_of_the_unedited_model_measured_earlier_give_the_same_report(tiny_model,
+                                                                           tiny_tok, facts,
+                                                                           tiny_hp):
+    """``edit_and_score(unedited=measure_unedited(...))`` (a paused row's kept snapshot) is
+    the report of measuring it in the call, and measures nothing before the edit; a snapshot
+    of other requests or arguments is refused."""
+    import copy
+
+    from locft_easyedit.evaluate import edit_and_score, measure_unedited
+
+    reqs = _counterfact_like(facts[:8])
+    kw = {"probabilities": True, "answers": 3, "batch_size": 4}
+    fresh = copy.deepcopy(tiny_model)
+    snapshot = measure_unedited(fresh, tiny_tok, reqs, **kw)
+    forwards = []
+    hook = fresh.register_forward_hook(lambda *a: forwards.append(1))
+
+    def edit(m):
+        assert not forwards  # nothing measured before the edit: all of it came from snapshot
+        return apply_locft_to_model(m, tiny_tok, reqs, tiny_hp, progress=False)
+
+    kept = edit_and_score(fresh, tiny_tok, reqs, edit, per_edit=True, unedited=snapshot, **kw)
+    hook.remove()
+    whole = edit_and_score(tiny_model, tiny_tok, reqs, lambda m: apply_locft_to_model(
+        m, tiny_tok, reqs, tiny_hp, progress=False), per_edit=True, **kw)
+    assert kept.answers_before == whole.answers_before and len(whole.answers_before) == 3
+    assert kept.before == whole.before and "probability" in whole.before
+    for key in ("reliability", "generalization", "locality", "per_edit", "probability"):
+        assert kept.after[key] == whole.after[key], key
+    assert whole.after["locality"] < 1.0  # the snapshot is compared with: a score that moved
+    with pytest.raises(ValueError, match="other requests or other arguments"):
+        edit_and_score(fresh, tiny_tok, reqs[:5], edit, unedited=snapshot, **kw)
+    with pytest.raises(ValueError, match="probability scores: True"):
+        edit_and_score(fresh, tiny_tok, reqs, edit, unedited=snapshot, answers=3)

@@ -95,6 +95,32 @@ def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path
     assert sorted(p.name for p in (tmp_path / "row").iterdir()) == ["state.json", "weights-2.pt"]
 
 
+def test_the_unedited_models_scores_are_kept_for_their_key_until_the_row_ends(resume,
+                                                                             tiny_model,
+                                                                             tmp_path):
+    """``save_unedited`` / ``load_unedited``: read back for the same key only; later saves of
+    the row keep the file, ``clear`` removes it with the rest."""
+    from locft_easyedit.evaluate import Unedited
+
+    state = resume.ChunkState(tmp_path / "row")
+    key = {"model": "tiny", "arguments": {"batch_size": 1}, "requests": "ab12"}
+    assert state.load_unedited(key) is None  # nothing kept yet
+    kept = Unedited([torch.tensor([3, 1]), torch.tensor([2])],
+                    {"probability": {"efficacy_score": 0.25, "neighborhood_prompts": 4}},
+                    ["Paris", ""])
+    state.save_unedited(kept, key)
+    back = state.load_unedited(dict(key))
+    assert [t.tolist() for t in back.locality] == [[3, 1], [2]]
+    assert (back.before, back.answers) == (kept.before, kept.answers)
+    assert state.load_unedited({**key, "arguments": {"batch_size": 32}}) is None
+    state.save(tiny_model, _hp(), "memit", _method_module(), 1, 10.0, 1, 2)
+    state.save(tiny_model, _hp(), "memit", _method_module(), 2, 20.0, 1, 2)
+    assert sorted(p.name for p in state.folder.iterdir()) == [
+        "state.json", "unedited.pt", "weights-2.pt"]
+    state.clear()
+    assert not state.folder.exists()
+
+
 def test_ft_names_the_weight_itself(resume, tiny_model):
     hp = types.SimpleNamespace(rewrite_module_tmp="model.layers.{}.mlp.down_proj.weight",
                                layers=[3])
@@ -171,8 +197,9 @@ def test_save_or_pause_saves_every_k_steps_and_pauses_past_the_budget(tmp_path):
 
 def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, caplog):
     """LocFT-BF, 20 tiny edits: the first run dies right after its first checkpoint (epoch
-    10); the same command finishes the row from there, and it is the row of a run that was
-    never killed; the earlier run's editing time counts up to its checkpoint."""
+    10); the same command finishes the row from there, reading back the unedited model's
+    scores the first run kept, and it is the row of a run that was never killed; the earlier
+    run's editing time counts up to its checkpoint."""
     from locft_easyedit.locft import checkpoint
 
     run = _load("run")
@@ -195,8 +222,16 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
     assert saved["epoch"] == 10
     monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
     caplog.set_level(logging.INFO, logger="locft_easyedit")
+    caplog.set_level(logging.INFO, logger="benchmarks.run")
+    from locft_easyedit import evaluate
+
+    measure = evaluate.measure_unedited
+    # the unedited model's scores were kept before the first edit: not measured again
+    monkeypatch.setattr(evaluate, "measure_unedited", lambda *a, **k: pytest.fail("measured"))
     (resumed,) = run.main(one + ["--state", str(state)])
     assert "resuming from checkpoint" in caplog.text and "10 epochs" in caplog.text
+    assert "the unedited model's scores read from" in caplog.text
+    monkeypatch.setattr(evaluate, "measure_unedited", measure)
     (whole,) = run.main(one)
     assert resumed["runs"] == 2 and "runs" not in whole
     for key in ("reliability", "generalization", "locality", "reliability_em",
