@@ -189,8 +189,9 @@ def pace(dataset: str, n: int, method: str, rows, dev_rows=(), progress=None, ru
 
 def latest_pace(progress, n: int):
     """Seconds per edit of a paused row's latest calls (``last_step_seconds``, from its last
-    save), None without: a long row's calls grow slower as its edits pile up (AlphaEdit's
-    ZsRE N = 1,000 row: 48 min a call at the N = 100 row's pace, 62-83 min for its calls 7-9),
+    save), None without: a long row's calls can take far longer than its expected pace
+    (AlphaEdit's ZsRE N = 1,000 row: 48 min a call at the N = 100 row's pace; its calls 7-10
+    took 65, 62, 83 and 47 min, the other core busy throughout, the cause not profiled),
     so a piece that cannot pause is timed at the slower of this and :func:`pace`."""
     if not progress or not progress.get("last_step_seconds") or not progress.get("total"):
         return None

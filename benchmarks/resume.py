@@ -164,7 +164,7 @@ class ChunkState:
         """``state.json`` now points at the files of this save; the older files go. It also
         records ``last_step_seconds``: the editing seconds per call (WISE: per edit) since
         the previous save, in this run or an earlier one, so that a planner can time the next
-        call by the latest ones (a long row's calls grow slower as its edits pile up)."""
+        call by the latest ones (a long row's calls can take far longer than its expected pace)."""
         before = self.progress()
         if before and before["method"] == state["method"] \
                 and state["chunks_done"] > before["done"] and state["seconds"] >= before["seconds"]:
