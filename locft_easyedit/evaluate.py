@@ -303,8 +303,8 @@ def edit_and_score(model, tok, requests: Sequence[dict], edit: Callable[[Any], A
     if unedited is None:
         unedited = measure_unedited(model, tok, requests, pre_scores, probabilities, answers,
                                     **kw)
-    elif (len(unedited.answers) != len(prompts) or probabilities != ("probability" in
-                                                                      unedited.before)
+    elif (len(unedited.answers) != len(prompts)
+          or probabilities != ("probability" in unedited.before)
           or len(unedited.locality) != len(_locality_pairs(requests))):
         raise ValueError("unedited: measured for other requests or other arguments "
                          f"({len(unedited.locality)} locality prompts, "
