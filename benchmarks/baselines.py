@@ -179,10 +179,11 @@ def stats_root() -> Path:
 
 def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir: str,
                    overrides=None, state_folder=None, max_minutes=None, reuse_targets=False,
-                   reuse_memory=False):
+                   reuse_memory=False, hold_last=False):
     """Apply all ``requests`` in order with EasyEdit's ``method``; returns ``(settings file,
     extra row fields)``. With ``state_folder`` the state is saved between calls and a run
-    that finds one goes on from it; past ``max_minutes`` of editing it raises ``Paused``.
+    that finds one goes on from it; past ``max_minutes`` of editing it raises ``Paused``, and
+    with ``hold_last`` also when only the last piece (the steps between two saves) is left.
     ``reuse_targets`` (MEMIT, AlphaEdit): target vectors another run computed for the same
     model, requests and settings are read instead of recomputed (``target_cache``).
     ``reuse_memory`` (WISE): likewise its trained side memory (``wise_cache``)."""
@@ -206,7 +207,7 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
         return hp_path, extra
     if method == "wise":
         extra.update(wise_edits(fn, model, tok, requests, hp, state_folder, max_minutes,
-                                reuse_memory))
+                                reuse_memory, hold_last))
         return hp_path, extra
     size = 1 if method in ("ft-m", "rome") else hp.batch_size
     chunks = [requests[i:i + size] for i in range(0, len(requests), size)]
@@ -231,7 +232,7 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
            keep_original_weight=True, **kwargs)
         _save_or_pause(state, k + 1, len(chunks), every, t0, max_minutes, f"{method} calls",
                        lambda s: state.save(model, hp, method, module, k + 1, spent + s,
-                                            runs + 1, len(chunks)))
+                                            runs + 1, len(chunks)), hold_last)
     extra["easyedit_calls"] = len(chunks)
     if runs:
         extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
@@ -239,16 +240,18 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
 
 
 def _save_or_pause(state, done: int, total: int, every: int, t0: float, max_minutes,
-                   what: str, save) -> None:
+                   what: str, save, hold_last: bool = False) -> None:
     """After ``done`` of ``total`` steps of a row: with a ``state``, every ``every`` steps and
-    after the last, ``save(editing seconds of this run)``; then, past ``max_minutes`` of this
-    run's editing with steps left, raise ``Paused`` (the state just saved is where the next
-    run goes on)."""
+    after the last, ``save(editing seconds of this run)``; then, with steps left, raise
+    ``Paused`` (the state just saved is where the next run goes on) past ``max_minutes`` of
+    this run's editing, or with ``hold_last`` once only the last ``every`` steps are left (a
+    run with time for them but not for the row's scoring after them: planned.fit)."""
     if state is None or (done % every and done < total):
         return
     elapsed = time.perf_counter() - t0
     save(elapsed)
-    if max_minutes and elapsed > 60 * max_minutes and done < total:
+    if done < total and ((max_minutes and elapsed > 60 * max_minutes)
+                         or (hold_last and total - done <= every)):
         raise Paused(f"{what}: {done} of {total} done, state in {state.folder}")
 
 
@@ -293,7 +296,7 @@ def wise_loc_prompts() -> list:
 
 
 def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None,
-               reuse_memory=False) -> dict:
+               reuse_memory=False, hold_last=False) -> dict:
     """WISE one request per call, sequentially: the side memory of the first call is kept
     and trained on by every later one (``sequential_edit``, not a field of its hparams; without
     it each call replaces the memory). The adapter is installed in ``model`` itself, so the
@@ -339,7 +342,7 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
             editor, _ = fn(model, tok, [copy.deepcopy(requests[i])], hp, copy=False)
         _save_or_pause(state, i + 1, len(requests), every, t0, max_minutes, "wise edits",
                        lambda s: state.save_wise(editor, utils, i + 1, spent + s, runs + 1,
-                                                 len(requests)))
+                                                 len(requests)), hold_last)
     if cache is not None:
         cache.save_wise(editor, utils, len(requests), spent + time.perf_counter() - t0,
                         runs + 1, len(requests))

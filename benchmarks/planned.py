@@ -278,25 +278,30 @@ def run_ready(rows_path, tuning_path, easyedit_python: str, until=None, methods=
 
 
 def fit(n: int, base: str, spe: float, progress, runs: int, left: float) -> tuple:
-    """``(minutes, budget)`` of a row with ``left`` minutes before a session's end, timed at
-    ``spe`` seconds per edit (:func:`pace`): ``minutes``, its next part that cannot pause
-    (all of a row that cannot pause, with its scoring; else ``UNBROKEN_EDITS``' piece, at the
-    slower of ``spe`` and :func:`latest_pace`, with the scoring when it is the row's last);
-    ``budget``, its ``--max-minutes``: the editing minutes after which it starts no further
-    piece, so that a piece started before then, the last one with its scoring if this run may
-    reach it, ends ``MARGIN_MINUTES`` before the end."""
+    """``(minutes, budget, hold_last)`` of a row with ``left`` minutes before a session's end,
+    timed at ``spe`` seconds per edit (:func:`pace`): ``minutes``, its next part that cannot
+    pause (all of a row that cannot pause, with its scoring; else ``UNBROKEN_EDITS``' piece,
+    at the slower of ``spe`` and :func:`latest_pace`, with the scoring when it is the row's
+    last); ``budget``, its ``--max-minutes``: the editing minutes after which it starts no
+    further piece, so that a piece started before then, the last one with its scoring if this
+    run may reach it, ends ``MARGIN_MINUTES`` before the end; ``hold_last`` (``--hold-last``):
+    the run has no time to score the row after its last piece, so it pauses before that
+    piece even if it edits faster than timed (near the end it keeps the whole budget for
+    editing, where taking the scoring's minutes off it left a piece or none)."""
     from resume import part_left
 
     after = AFTER_MINUTES.get(n, 35)
     if base not in UNBROKEN_EDITS:
         whole = runs * (n * spe / 60 + after)
-        return whole, left - MARGIN_MINUTES - whole
+        return whole, left - MARGIN_MINUTES - whole, False
     call = UNBROKEN_EDITS[base] * max(spe, latest_pace(progress, n) or 0) / 60
     pieces = math.ceil(round(n * part_left(progress)) / UNBROKEN_EDITS[base])
     budget = left - MARGIN_MINUTES - call
-    if (pieces - 1) * call <= budget:  # this run may start the row's last piece
-        budget -= after
-    return (call + after if pieces <= 1 else call), budget
+    if pieces <= 1:
+        return call + after, budget - after, False
+    if (pieces - 1) * call <= budget - after:  # this run may reach the last piece and score
+        return call, budget - after, False
+    return call, budget, True  # no time to score: it pauses before the last piece, however fast
 
 
 def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, max_hours,
@@ -323,12 +328,13 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
             logger.info("not yet %s N=%d %s: %s", dataset, n, method, wait)
             continue
         max_minutes = MAX_MINUTES
+        hold_last = False
         before = run.paused(rows_path).get((method, dataset, n))
         if end is not None:
             left = (end - time.time()) / 60
             runs = max(1, len(seeds))
             spe = pace(dataset, n, method, rows, dev_rows, before, runs) or 0.0
-            piece, budget = fit(n, base, spe, before, runs, left)
+            piece, budget, hold_last = fit(n, base, spe, before, runs, left)
             if piece + MARGIN_MINUTES >= left:
                 logger.info("not starting %s N=%d %s: it needs ~%.0f min without a pause, "
                             "%.0f left before %s", dataset, n, method, piece + MARGIN_MINUTES,
@@ -337,8 +343,10 @@ def _one_pass(rows_path, tuning_path, easyedit_python, until, methods, threads, 
             max_minutes = min(MAX_MINUTES, budget)
         argv = command_argv(dataset, n, method, seeds, easyedit_python, sys.executable,
                             max(max_minutes, 1.0))
+        argv += ["--hold-last"] if hold_last else []
         argv[argv.index("--threads") + 1] = str(threads)
-        logger.info("running %s N=%d %s (%s)", dataset, n, method, why)
+        logger.info("running %s N=%d %s (%s)%s", dataset, n, method, why,
+                    ", --hold-last: no time to score after its last piece" if hold_last else "")
         made_here = run.main(argv[2:] + ["--out", str(rows_path)])
         made += made_here
         if made_here:

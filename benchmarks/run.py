@@ -189,7 +189,7 @@ def apply_edits(method, model, tok, requests, model_arg, model_dir, args):
         return "ft-m stand-in", extra
     return baselines.easyedit_edits(method, model, tok, requests, model_arg, model_dir,
                                     args.overrides, args.state, args.max_minutes,
-                                    args.reuse_targets, args.reuse_memory)
+                                    args.reuse_targets, args.reuse_memory, args.hold_last)
 
 
 def unedited_scores(args, model, tok, requests, tok_sha: str, **kw):
@@ -425,6 +425,7 @@ def run_row(args, method: str, dataset: str, n: int, seed, digest: str, out: Pat
            "--out", str(out)] + (["--threads", str(args.threads)] if args.threads else [])
     cmd += ["--lm-eval-tasks", *args.lm_eval_tasks] if args.lm_eval_tasks else []
     cmd += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    cmd += ["--hold-last"] if args.hold_last else []
     cmd += ["--offset", str(args.offset)] + (["--label", args.label] if args.label else [])
     cmd += ["--seed", str(seed)] if seed is not None else []
     cmd += ["--no-capability"] if args.no_capability else []
@@ -496,6 +497,11 @@ def main(argv=None) -> list:
                          "same command goes on from there. LocFT rows do not pause: they "
                          "checkpoint every 5 minutes of training, and a killed one goes on "
                          "from its last checkpoint when the same command runs again")
+    ap.add_argument("--hold-last", action="store_true",
+                    help="a chunked EasyEdit row also pauses once only its last piece (the "
+                         "edits between two saved states) is left: for a run with time to edit "
+                         "further but not to score the row after its last piece (planned.py "
+                         "sets it near a session's end)")
     ap.add_argument("--no-capability", action="store_true",
                     help="skip lm-eval's capability pass (dev rows for tuning, which choose "
                          "by reliability, generalization and locality only)")

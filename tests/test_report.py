@@ -406,19 +406,36 @@ def test_a_pieces_minutes_follow_the_latest_calls_and_the_last_adds_its_scoring(
     """``planned.fit``: AlphaEdit's ZsRE N = 1,000 row at 9 of 10 calls, its N = 100 row's
     pace 28.5 s/edit (47.5 min a call) but its latest call 80 min: the last call is timed at
     80 min plus 35 min of scoring, and --max-minutes leaves room for both; two calls left, the
-    next one is timed alone, and the scoring counts only where the run may reach the last."""
+    next one is timed alone, and the scoring counts only where the run may reach the last
+    and score it; where it may not, the run holds the last piece back (--hold-last)."""
     planned = _load("planned")
     late = {"method": "alphaedit", "done": 9, "total": 10, "seconds": 30000.0,
             "last_step_seconds": 4800.0}
     assert planned.latest_pace(late, 1000) == 48.0
-    assert planned.fit(1000, "alphaedit", 28.5, late, 1, 150) == (115.0, 20.0)
+    assert planned.fit(1000, "alphaedit", 28.5, late, 1, 150) == (115.0, 20.0, False)
     no_latest = dict(late, last_step_seconds=None)  # a state saved before it was recorded
-    assert planned.fit(1000, "alphaedit", 28.5, no_latest, 1, 150) == (82.5, 52.5)
+    assert planned.fit(1000, "alphaedit", 28.5, no_latest, 1, 150) == (82.5, 52.5, False)
     two_left = dict(late, done=8)
-    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 150) == (80.0, 55.0)
-    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 300) == (80.0, 170.0)
-    assert planned.fit(1000, "ft-m", 60.0, None, 1, 60) == (10.0, 35.0)  # 100 pieces left
-    assert planned.fit(100, "locft-bf", 2.4, None, 3, 60) == (27.0, 18.0)  # 3 x (4 + 5)
+    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 150) == (80.0, 55.0, True)
+    assert planned.fit(1000, "alphaedit", 28.5, two_left, 1, 300) == (80.0, 170.0, False)
+    assert planned.fit(1000, "ft-m", 60.0, None, 1, 60) == (10.0, 35.0, True)  # 100 pieces left
+    assert planned.fit(100, "locft-bf", 2.4, None, 3, 60) == (27.0, 18.0, False)  # 3 x (4 + 5)
+
+
+def test_near_the_end_a_run_edits_up_to_its_last_piece_and_holds_that_back(tmp_path,
+                                                                            monkeypatch):
+    """A paused FT-M row at 950 of 1,000 edits, 30 s/edit (5 pieces of 10 edits, 5 min
+    each): with 60 min left the last piece's 35 min of scoring do not fit after the first
+    four (60 - 15 - 5 = 40 < 20 + 35), so the run keeps all 40 min for editing and pauses
+    before the last piece (--hold-last), where taking the scoring off the budget left 5 min:
+    one piece; with 80 min left it may reach the last piece and score (60 - 35 = 25 >= 20)."""
+    near = {"method": "ft-m", "done": 950, "total": 1000, "seconds": 28500.0}
+    started = _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, near, 60)
+    assert "--hold-last" in started["counterfact"]
+    assert 39.5 <= _budget(started["counterfact"]) <= 40
+    started = _queue_with_a_paused_ftm_row(tmp_path, monkeypatch, near, 80)
+    assert "--hold-last" not in started["counterfact"]
+    assert 24.5 <= _budget(started["counterfact"]) <= 25
 
 
 def test_run_ready_times_a_paused_rows_piece_by_its_latest_calls(tmp_path, monkeypatch):

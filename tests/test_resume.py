@@ -193,6 +193,13 @@ def test_save_or_pause_saves_every_k_steps_and_pauses_past_the_budget(tmp_path):
     baselines._save_or_pause(state, 21, 25, 10, -1e9, 1, "x", lambda s: saved.append(21))
     baselines._save_or_pause(state, 25, 25, 10, -1e9, 1, "x", lambda s: saved.append(25))
     assert saved[-2:] == [20, 25]  # no save between saves; the last step saves, never pauses
+    # --hold-last, no budget: it pauses at the save that leaves only the last piece
+    baselines._save_or_pause(state, 10, 25, 10, 0.0, None, "x", lambda s: saved.append(10), True)
+    with pytest.raises(baselines.Paused, match="x: 20 of 25 done"):
+        baselines._save_or_pause(state, 20, 25, 10, 0.0, None, "x", lambda s: saved.append(20),
+                                 True)
+    baselines._save_or_pause(state, 25, 25, 10, 0.0, None, "x", lambda s: saved.append(25), True)
+    assert saved[-3:] == [10, 20, 25]  # saved each time; the last step scores, never pauses
 
 
 def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, caplog):
