@@ -381,7 +381,8 @@ def markdown(rows, dev_rows=(), stopped=None) -> str:
                         + (f"; waits: {w}" if w else "")
                         + f". `{command(d, n, m, seeds)}`"
                         for (d, n, m, why, seeds), h, w in zip(todo, hours, waits)]
-                     + ["", f"About {sum(known):.0f} hours of one core in all"
+                     + ["", f"About {sum(known):.0f} hour{'' if round(sum(known)) == 1 else 's'}"
+                            " of one core in all"
                         + (f", besides {len(hours) - len(known)} rows with no estimate"
                            if len(known) < len(hours) else "") + "."])
 

@@ -385,10 +385,12 @@ def paused(out: Path) -> dict:
 
 def progress_text(progress: dict) -> str:
     """``"40 of 100 calls, 63 min so far"`` for a :func:`paused` row's progress (WISE counts
-    edits; ROME and FT-M make one call an edit)."""
+    edits; ROME and FT-M make one call an edit); a row stopped after its last call, before its
+    scoring ended, says so."""
     of = f" of {progress['total']}" if progress.get("total") else ""
     unit = "edits" if progress.get("method") == "wise" else "calls"
-    return f"{progress['done']}{of} {unit}, {progress['seconds'] / 60:.0f} min so far"
+    left = "; its scoring is left" if progress.get("total") == progress["done"] else ""
+    return f"{progress['done']}{of} {unit}, {progress['seconds'] / 60:.0f} min so far{left}"
 
 
 def lock_path(folder: Path) -> Path:

@@ -289,6 +289,11 @@ def test_paused_rows_are_read_back_from_their_folders(tmp_path, monkeypatch):
                                         "seconds": 7200.0, "last_step_seconds": None}}
     assert run.progress_text(run.paused(out)[("wise", "counterfact", 1000)]) == \
         "120 edits, 120 min so far"
+    assert run.progress_text({"method": "wise", "done": 1000, "total": 1000,
+                              "seconds": 44529.0}) == \
+        "1000 of 1000 edits, 742 min so far; its scoring is left"
+    assert run.progress_text({"method": "memit", "done": 9, "total": 10, "seconds": 60.0}) == \
+        "9 of 10 calls, 1 min so far"
 
 
 def test_session_states_are_committed_and_their_locks_are_not(monkeypatch):
