@@ -439,8 +439,10 @@ def run_row(args, method: str, dataset: str, n: int, seed, digest: str, out: Pat
     row = next((json.loads(line[4:]) for line in proc.stdout.splitlines()
                 if line.startswith("ROW ")), None)
     if proc.returncode == PAUSED:
-        logger.warning("%s %s N=%d paused (--max-minutes); state kept in %s: run the "
-                       "same command again to go on", method, dataset, n, state.folder)
+        logger.warning("%s %s N=%d paused (%s); state kept in %s: run the same command "
+                       "again to go on", method, dataset, n,
+                       "--max-minutes or --hold-last" if args.hold_last else "--max-minutes",
+                       state.folder)
         return None
     if proc.returncode != 0 or row is None:
         logger.error("%s %s N=%d failed (exit %d); not recorded", method, dataset, n,
