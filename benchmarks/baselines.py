@@ -234,9 +234,16 @@ def easyedit_edits(method: str, model, tok, requests, model_arg: str, model_dir:
                        lambda s: state.save(model, hp, method, module, k + 1, spent + s,
                                             runs + 1, len(chunks)), hold_last)
     extra["easyedit_calls"] = len(chunks)
-    if runs:
-        extra.update(seconds_in_earlier_runs=spent, runs=runs + 1)
+    extra.update(_resumed(state, spent, runs))
     return hp_path, extra
+
+
+def _resumed(state, spent: float, runs: int) -> dict:
+    """The row fields of a run that went on from ``runs`` earlier ones (none for a first run):
+    their editing seconds, the run count and the peak memory of the runs' saves
+    (``peak_rss_mb_saved``; None where an earlier run saved before that was recorded)."""
+    return ({"seconds_in_earlier_runs": spent, "runs": runs + 1,
+             "peak_rss_mb_saved": state.progress()["peak_rss_mb"]} if runs else {})
 
 
 def _save_or_pause(state, done: int, total: int, every: int, t0: float, max_minutes,
@@ -346,8 +353,7 @@ def wise_edits(fn, model, tok, requests, hp, state_folder=None, max_minutes=None
     if cache is not None:
         cache.save_wise(editor, utils, len(requests), spent + time.perf_counter() - t0,
                         runs + 1, len(requests))
-    return {"easyedit_calls": len(requests), **fields,
-            **({"seconds_in_earlier_runs": spent, "runs": runs + 1} if runs else {})}
+    return {"easyedit_calls": len(requests), **fields, **_resumed(state, spent, runs)}
 
 
 def _load_wise(wise, model, hp, ckpt):

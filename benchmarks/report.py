@@ -115,12 +115,27 @@ def _peak_with_pass(r: dict) -> bool:
     return r.get("capability_protocol") == 1 and r.get("peak_rss_mb") is not None
 
 
+# a row made over several runs whose saved state did not keep their peaks (a baseline's state
+# saved before resume.py kept them; LocFT's checkpoints) carries the peak of its last run only
+PEAK_LAST_RUN_NOTE = ("‡ peak MB of the row's last run only: it was made over several runs "
+                      "whose saved state did not keep their peaks (EasyEdit baselines' states "
+                      "saved before 2026-12-06, LocFT's checkpoints), and its editing may have "
+                      "peaked higher (WISE's N = 1,000 rows: a last run that only scored, its "
+                      "1,000 edits all made by the earlier ones)")
+
+
+def _peak_last_run(r: dict) -> bool:
+    return r.get("runs", 1) > 1 and not r.get("peak_rss_mb_all_runs")
+
+
 def _mark(r: dict, key: str) -> str:
     """The footnote mark of a figure measured unlike the others (see the notes it names)."""
     if key == "seconds_per_edit" and read_elsewhere(r):
         return "\\*"
     if key == "peak_rss_mb" and _peak_with_pass(r):
         return "†"
+    if key == "peak_rss_mb" and _peak_last_run(r):
+        return "‡"
     return ""
 
 
@@ -425,6 +440,8 @@ def markdown(rows, source: str, plot_dir=None, tuning=None, todo=None) -> str:
         parts += ["", READ_ELSEWHERE_NOTE]
     if any(_peak_with_pass(r) for r in rows):
         parts += ["", PEAK_WITH_PASS_NOTE]
+    if any(_peak_last_run(r) for r in rows):
+        parts += ["", PEAK_LAST_RUN_NOTE]
     if with_probs:
         parts += ["", "## CounterFact probability scores", "", table(with_probs, PROBS)]
     parts += ["", "## Where LocFT-BF loses", "",

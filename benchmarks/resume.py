@@ -6,7 +6,9 @@ The state of a row, in its own folder: the weights the method rewrites (the modu
 method's EasyEdit module that carry over between calls (AlphaEdit's running key covariance
 ``cache_c``; the context templates ROME / MEMIT / AlphaEdit sample once, on their first call,
 ``CONTEXT_TEMPLATES_CACHE``: a resumed row goes on with the same ones), how many chunks are
-done, the editing seconds spent so far and those per chunk since the previous save, and the
+done, the editing seconds spent so far and those per chunk since the previous save, the peak
+resident memory of its runs up to the save (a row made over several runs reports the peak of
+them all, not of its last run's), and the
 unedited model's scores that every run takes before editing (:meth:`ChunkState.save_unedited`:
 a resumed WISE CounterFact row spent 14 of its first 17 minutes measuring them again). WISE keeps
 its edits in a side memory beside the weights: its state is WISE's own checkpoint
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -50,6 +53,11 @@ def rewritten(model, hp) -> dict:
         raise KeyError(f"the model has no parameter {missing[0]} (rewrite_module_tmp "
                        f"{hp.rewrite_module_tmp!r}, layers {hp.layers})")
     return {n: params[n] for n in names}
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory so far (``ru_maxrss``), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _atomic(path: Path, write) -> None:
@@ -164,10 +172,12 @@ class ChunkState:
         """``state.json`` now points at the files of this save; the older files go. It also
         records ``last_step_seconds``: the editing seconds per call (WISE: per edit) since
         the previous save, in this run or an earlier one, so that a planner can time the next
-        call by the latest ones (a long row's calls can take far longer than its expected pace)."""
+        call by the latest ones (a long row's calls can take far longer than its expected pace),
+        and ``peak_rss_mb``: the highest peak memory of this run and the earlier ones so far."""
         before = self.progress()
-        if before and before["method"] == state["method"] \
-                and state["chunks_done"] > before["done"] and state["seconds"] >= before["seconds"]:
+        same = before is not None and before["method"] == state["method"]
+        state["peak_rss_mb"] = max(peak_mb(), (same and before["peak_rss_mb"]) or 0.0)
+        if same and state["chunks_done"] > before["done"] and state["seconds"] >= before["seconds"]:
             state["last_step_seconds"] = ((state["seconds"] - before["seconds"])
                                           / (state["chunks_done"] - before["done"]))
         _atomic(self.folder / STATE, lambda p: p.write_text(json.dumps(state)))
@@ -183,17 +193,19 @@ class ChunkState:
                 path.unlink()
 
     def progress(self) -> dict | None:
-        """``{"method", "done", "total", "seconds", "last_step_seconds"}`` of the saved
-        state: calls (WISE: edits) done, of how many (None for a state saved before that was
-        recorded), editing seconds so far, seconds per call of the latest ones (None for the
-        first save, or one saved before that was recorded); None without one."""
+        """``{"method", "done", "total", "seconds", "last_step_seconds", "peak_rss_mb"}`` of
+        the saved state: calls (WISE: edits) done, of how many (None for a state saved before
+        that was recorded), editing seconds so far, seconds per call of the latest ones (None
+        for the first save, or one saved before that was recorded), the runs' peak memory in MB
+        (None for a state saved before that was recorded); None without one."""
         path = self.folder / STATE
         if not path.is_file():
             return None
         state = json.loads(path.read_text())
         return {"method": state["method"], "done": state["chunks_done"],
                 "total": state.get("chunks_total"), "seconds": state["seconds"],
-                "last_step_seconds": state.get("last_step_seconds")}
+                "last_step_seconds": state.get("last_step_seconds"),
+                "peak_rss_mb": state.get("peak_rss_mb")}
 
     def clear(self) -> None:
         """Remove the state (the row is finished)."""

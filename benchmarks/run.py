@@ -19,7 +19,10 @@ one request after another = depth-first; MEMIT and AlphaEdit in chunks of their
   hub is reachable);
 * a 95% bootstrap interval over edits for every edit score (``*_ci95``, 1,000 resamples of
   the edits, :mod:`locft_easyedit.intervals`), over documents for the capability figures;
-* seconds per edit (editing only) and the peak resident memory of the run (ru_maxrss).
+* seconds per edit (editing only) and the peak resident memory of the run (ru_maxrss); of
+  a row made over several runs, the highest of them all up to their saves
+  (``peak_rss_mb_all_runs``; rows made before that show their last run's, marked in
+  RESULTS.md).
 
 Each row runs in its own subprocess (clean peak memory, clean EasyEdit globals) and is
 appended to the JSON-lines file as soon as it finishes; rows already there with the same
@@ -261,6 +264,7 @@ def run_one(args) -> dict:
     peak_editing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
     seconds += extra.pop("seconds_in_earlier_runs", 0.0)  # a resumed row: its whole editing
+    saved_peak = extra.pop("peak_rss_mb_saved", None)  # and the peak of its earlier runs
     post = {k: v for k, v in scored.after.items() if k not in ("probability", "per_edit")}
     probs = {when: {k: v for k, v in d["probability"].items() if k != "per_edit"}
              for when, d in (("before", scored.before), ("after", scored.after))
@@ -291,7 +295,8 @@ def run_one(args) -> dict:
             "hparams": hp_desc, **{k: v for k, v in post.items() if k != "n"},
             **intervals, "bootstrap_resamples": RESAMPLES,
             **cap, "seconds": seconds, "seconds_per_edit": seconds / n,
-            "peak_rss_mb": peak_editing,
+            "peak_rss_mb": max(peak_editing, saved_peak or 0.0),
+            **({"peak_rss_mb_all_runs": True} if saved_peak is not None else {}),
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, "
                        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",

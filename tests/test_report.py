@@ -71,6 +71,13 @@ def test_seconds_of_a_row_that_read_its_vectors_are_marked_and_not_compared():
     assert "| 7762.6† |" in report.table([old], report.COST)
     assert report.PEAK_WITH_PASS_NOTE in report.markdown([ref, old], "rows.jsonl")
     assert report.PEAK_WITH_PASS_NOTE not in report.markdown([ref, paid], "rows.jsonl")
+    # a row made over several runs whose state did not keep their peaks: its last run's only
+    last = dict(paid, runs=21, peak_rss_mb=1812.4)
+    assert "| 1812.4‡ |" in report.table([last], report.COST)
+    assert report.PEAK_LAST_RUN_NOTE in report.markdown([ref, last], "rows.jsonl")
+    kept = dict(last, peak_rss_mb_all_runs=True)
+    assert "| 1812.4 |" in report.table([kept], report.COST)
+    assert report.PEAK_LAST_RUN_NOTE not in report.markdown([ref, kept], "rows.jsonl")
 
 
 def test_rows_of_several_seeds_show_mean_and_spread(tmp_path):

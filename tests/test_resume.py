@@ -44,7 +44,8 @@ def test_state_round_trip(resume, tiny_model, tmp_path):
     assert state.load(model, hp, "alphaedit", _method_module()) == (0, 0.0, 0)  # nothing yet
     state.save(model, hp, "alphaedit", _method_module(cache, templates), 3, 120.5, 1, 10)
     assert state.progress() == {"method": "alphaedit", "done": 3, "total": 10, "seconds": 120.5,
-                                "last_step_seconds": None}  # no earlier save to time from
+                                "last_step_seconds": None,  # no earlier save to time from
+                                "peak_rss_mb": resume.peak_mb()}  # this process's so far
     assert resume.part_left(state.progress()) == 0.7
     assert resume.seconds_left(state.progress()) == 120.5 / 3 * 7  # at its own pace
     assert resume.seconds_left(dict(state.progress(), total=None)) is None
@@ -74,6 +75,27 @@ def test_a_save_records_the_seconds_per_call_since_the_previous_one(resume, tiny
     assert state.progress()["last_step_seconds"] == 40.0
     state.save(tiny_model, hp, "memit", mod, 6, 290.0, 2, 10)
     assert state.progress()["last_step_seconds"] == 90.0
+
+
+def test_a_save_keeps_the_highest_peak_memory_of_the_rows_runs(resume, tiny_model, tmp_path):
+    """A row made over several runs reports the peak of them all: each save keeps the higher
+    of this process's peak and the one saved before (WISE's N = 1,000 rows' last run only
+    scored, and its own peak said nothing of the editing). A state saved before that was
+    recorded reads None, and so does another method's."""
+    hp, mod = _hp(), _method_module()
+    state = resume.ChunkState(tmp_path / "row")
+    state.save(tiny_model, hp, "memit", mod, 3, 120.0, 1, 10)
+    assert state.progress()["peak_rss_mb"] == resume.peak_mb()
+    path = tmp_path / "row" / "state.json"
+    earlier = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(earlier, peak_rss_mb=1e9)))  # an earlier run's, higher
+    state.save(tiny_model, hp, "memit", mod, 5, 200.0, 2, 10)
+    assert state.progress()["peak_rss_mb"] == 1e9
+    path.write_text(json.dumps(dict(earlier, peak_rss_mb=1.0)))  # lower than this process's
+    state.save(tiny_model, hp, "memit", mod, 6, 290.0, 2, 10)
+    assert state.progress()["peak_rss_mb"] == resume.peak_mb() > 1.0
+    path.write_text(json.dumps({k: v for k, v in earlier.items() if k != "peak_rss_mb"}))
+    assert state.progress()["peak_rss_mb"] is None
 
 
 def test_a_save_cut_short_leaves_the_previous_state(resume, tiny_model, tmp_path):
@@ -171,6 +193,8 @@ def test_a_paused_and_resumed_row_equals_one_run_whole(tmp_path, monkeypatch, me
     (resumed,) = run.main(args + ["--out", str(paused), "--max-minutes", "0.00001"])
     (whole,) = run.main(args + ["--out", str(tmp_path / "whole.jsonl")])
     assert resumed["runs"] == 2 and "runs" not in whole
+    # its peak memory is of both runs (the first's kept in the state), the whole run's its own
+    assert resumed["peak_rss_mb_all_runs"] is True and "peak_rss_mb_all_runs" not in whole
     for key in ("reliability", "generalization", "locality", "reliability_ci95",
                 "cap_known_facts_acc_after"):
         assert resumed[key] == whole[key], key
@@ -241,6 +265,9 @@ def test_a_killed_locft_row_goes_on_from_its_checkpoint(tmp_path, monkeypatch, c
     monkeypatch.setattr(evaluate, "measure_unedited", measure)
     (whole,) = run.main(one)
     assert resumed["runs"] == 2 and "runs" not in whole
+    # LocFT's checkpoints do not keep the first run's peak: the row says its peak is the
+    # last run's (report.py marks it)
+    assert "peak_rss_mb_all_runs" not in resumed
     for key in ("reliability", "generalization", "locality", "reliability_em",
                 "reliability_ci95", "answers_sample"):
         assert resumed[key] == whole[key], key
@@ -284,9 +311,11 @@ def test_paused_rows_are_read_back_from_their_folders(tmp_path, monkeypatch):
     assert run.paused(out) == {
         ("rome@v_num_grad_steps=50", "zsre", 100): {"method": "rome", "done": 40,
                                                     "total": None, "seconds": 2400.0,
-                                                    "last_step_seconds": None},
+                                                    "last_step_seconds": None,
+                                                    "peak_rss_mb": None},
         ("wise", "counterfact", 1000): {"method": "wise", "done": 120, "total": None,
-                                        "seconds": 7200.0, "last_step_seconds": None}}
+                                        "seconds": 7200.0, "last_step_seconds": None,
+                                        "peak_rss_mb": None}}
     assert run.progress_text(run.paused(out)[("wise", "counterfact", 1000)]) == \
         "120 edits, 120 min so far"
     assert run.progress_text({"method": "wise", "done": 1000, "total": 1000,
