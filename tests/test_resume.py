@@ -80,8 +80,8 @@ def test_a_save_records_the_seconds_per_call_since_the_previous_one(resume, tiny
 def test_a_save_keeps_the_highest_peak_memory_of_the_rows_runs(resume, tiny_model, tmp_path):
     """A row made over several runs reports the peak of them all: each save keeps the higher
     of this process's peak and the one saved before (WISE's N = 1,000 rows' last run only
-    scored, and its own peak said nothing of the editing). A state saved before that was
-    recorded reads None, and so does another method's."""
+    scored, and its own peak said nothing of the editing); another method's state in the
+    folder is not the row's. A state saved before the peak was recorded reads None."""
     hp, mod = _hp(), _method_module()
     state = resume.ChunkState(tmp_path / "row")
     state.save(tiny_model, hp, "memit", mod, 3, 120.0, 1, 10)
@@ -94,6 +94,9 @@ def test_a_save_keeps_the_highest_peak_memory_of_the_rows_runs(resume, tiny_mode
     path.write_text(json.dumps(dict(earlier, peak_rss_mb=1.0)))  # lower than this process's
     state.save(tiny_model, hp, "memit", mod, 6, 290.0, 2, 10)
     assert state.progress()["peak_rss_mb"] == resume.peak_mb() > 1.0
+    path.write_text(json.dumps(dict(earlier, peak_rss_mb=1e9)))
+    state.save(tiny_model, hp, "alphaedit", mod, 1, 10.0, 1, 10)  # not the memit row's runs
+    assert state.progress()["peak_rss_mb"] == resume.peak_mb()
     path.write_text(json.dumps({k: v for k, v in earlier.items() if k != "peak_rss_mb"}))
     assert state.progress()["peak_rss_mb"] is None
 
