@@ -48,7 +48,6 @@ import logging
 import os
 import platform
 import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -60,7 +59,7 @@ if str(HERE) not in sys.path:  # benchmarks/common.py, also when loaded from a f
     sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402  (EasyEdit's methods: FT-M, ROME, MEMIT, AlphaEdit, ...)
 from baselines import NEEDS_EASYEDIT, easyedit_available, easyedit_yaml  # noqa: E402
-from resume import ChunkState, Paused, locft_resumable  # noqa: E402
+from resume import ChunkState, Paused, locft_resumable, peak_mb  # noqa: E402
 from target_cache import STATE_ENV, tokenizer_fingerprint  # noqa: E402
 from common import (DATA_FILES, REPO, TINY, add_set_argument, data_dir, data_path,  # noqa: E402
                     load, parse_sets, tiny_hparams)
@@ -261,7 +260,7 @@ def run_one(args) -> dict:
                             **kw)
     # the peak of the process up to here: loading, the baseline's capability pass when this
     # row computed it (then said in capability_baseline_here), editing and scoring
-    peak_editing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_editing = peak_mb()
     model, seconds, hp_desc, extra = scored.model, scored.seconds, done["hp_desc"], done["extra"]
     seconds += extra.pop("seconds_in_earlier_runs", 0.0)  # a resumed row: its whole editing
     saved_peak = extra.pop("peak_rss_mb_saved", None)  # and the peak of its earlier runs
@@ -284,8 +283,7 @@ def run_one(args) -> dict:
                "lm_eval_version": after_cap["lm_eval_version"],
                **({"capability_baseline_here": True} if before_cap.get("computed_here")
                   else {}),
-               "peak_rss_mb_with_capability":
-                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+               "peak_rss_mb_with_capability": peak_mb()}
     return {"method": args.label or method, "dataset": dataset, "n": n, "model": args.model,
             "tokenizer_sha256": tok_sha,
             **({"base_method": method} if args.label else {}),
